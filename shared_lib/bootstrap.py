@@ -1,0 +1,111 @@
+"""Composition root: builds the adapters once per process so warm containers reuse pools."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.adapters.redis_gate import connect as connect_redis
+from shared_lib.adapters.sql import SqlTransactions, make_engine
+from shared_lib.config import Settings, get_settings
+from shared_lib.services.cache import GateRebuilder
+from shared_lib.services.guard import Deps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    engine: Engine
+    deps: Deps
+    gate: RedisGate | None = None
+    rebuilder: GateRebuilder | None = None
+    read_engine: Engine | None = None
+    closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:
+                log.exception("error while closing")
+        self.closers.clear()
+
+
+def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") -> Platform:
+    settings = settings or get_settings()
+    if settings.embedded_database:
+        from shared_lib.adapters import schema
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        schema.upgrade(settings.sqlalchemy_url)
+    engine = make_engine(
+        settings.sqlalchemy_url,
+        pool_size=settings.db_pool_size,
+        timeout=settings.db_timeout_seconds,
+    )
+    closers: list[Any] = [engine.dispose]
+    tx = SqlTransactions(engine)
+    read_engine = None
+    read_tx = None
+    if settings.database_read_url:
+        read_engine = make_engine(
+            settings.database_read_url,
+            pool_size=settings.db_pool_size,
+            timeout=settings.db_timeout_seconds,
+        )
+        closers.append(read_engine.dispose)
+        read_tx = SqlTransactions(read_engine)
+
+    gate = rebuilder = None
+    if settings.redis_enabled:
+        client = connect_redis(
+            settings.redis_url, timeout=settings.redis_timeout_seconds, data_dir=settings.data_dir
+        )
+        gate = RedisGate(
+            client,
+            prefix=settings.redis_prefix,
+            marker_ttl_seconds=settings.idempotency_ttl_seconds,
+            retry_after_seconds=settings.redis_retry_after_seconds,
+        )
+        closers.append(gate.close)
+        rebuilder = GateRebuilder(tx, gate)
+
+    deps = Deps(
+        tx=tx,
+        gate=gate,
+        source=source,
+        order_hold_seconds=settings.order_hold_seconds,
+        gate_hold_ms=settings.gate_hold_ms,
+        on_gate_not_ready=rebuilder.request if rebuilder else (lambda warehouse: None),
+        read_tx=read_tx,
+    )
+    return Platform(settings, engine, deps, gate, rebuilder, read_engine, closers)
+
+
+_platform: Platform | None = None
+_platform_lock = threading.Lock()
+
+
+def get_platform(source: str = "/psi/shared-lib") -> Platform:
+    """The process-wide platform, built on first use."""
+    global _platform
+    with _platform_lock:
+        if _platform is None:
+            _platform = build(source=source)
+        return _platform
+
+
+def shutdown() -> None:
+    """Close pools (called on SIGTERM by the server hooks)."""
+    global _platform
+    with _platform_lock:
+        if _platform is not None:
+            _platform.close()
+            _platform = None

@@ -1,0 +1,118 @@
+"""Sales orders: reserve all lines or none, then ship, cancel or let the hold expire."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from shared_lib import topics
+from shared_lib.domain import events
+from shared_lib.domain.errors import OrderExists, UnknownOrder
+from shared_lib.domain.model import (
+    CancelOrder,
+    ExpireOrder,
+    Level,
+    Movement,
+    Order,
+    OrderStatus,
+    PlaceOrder,
+    RequestMeta,
+    ShipOrder,
+    holds_of,
+)
+from shared_lib.services.guard import Deps, Outcome, apply_changes, guarded_write, levels_body
+from shared_lib.services.ports import MovementNote, StockStore
+
+_EVENT = {
+    OrderStatus.CANCELLED: topics.ORDER_CANCELLED,
+    OrderStatus.SHIPPED: topics.ORDER_SHIPPED,
+    OrderStatus.EXPIRED: topics.ORDER_EXPIRED,
+}
+_MOVEMENT = {
+    OrderStatus.CANCELLED: Movement.RELEASE,
+    OrderStatus.SHIPPED: Movement.SHIP,
+    OrderStatus.EXPIRED: Movement.EXPIRE,
+}
+
+
+def _order_body(order: Order, levels: list[Level]) -> dict[str, Any]:
+    return {**order.as_dict(), "levels": levels_body(levels)}
+
+
+def place_order(deps: Deps, command: PlaceOrder, meta: RequestMeta) -> Outcome:
+    """Reserve every line for the order, or nothing and report each short line."""
+    now = deps.clock()
+    hold = command.hold_seconds or deps.order_hold_seconds
+    order = Order(
+        command.order_id,
+        command.warehouse,
+        OrderStatus.RESERVED,
+        command.lines,
+        now + timedelta(seconds=hold),
+        command.customer,
+    )
+    changes = command.changes()
+    note = MovementNote(meta, now, "order", None, command.order_id)
+
+    def work(store: StockStore) -> tuple[dict[str, Any], list[Level]]:
+        if store.order(command.order_id) is not None:
+            raise OrderExists(command.order_id)
+        levels = apply_changes(store, changes, note, deps.source)
+        store.add_order(order, now)
+        store.add_event(
+            topics.ORDER_CREATED,
+            order.order_id,
+            events.cloud_event(
+                topics.ORDER_CREATED, deps.source, order.order_id, events.order_data(order), now
+            ),
+        )
+        return _order_body(order, levels), levels
+
+    return guarded_write(deps, command, meta, work, holds=holds_of(changes))
+
+
+def _close(
+    deps: Deps,
+    command: CancelOrder | ShipOrder | ExpireOrder,
+    meta: RequestMeta,
+    status: OrderStatus,
+    *,
+    reference: str | None = None,
+) -> Outcome:
+    now = deps.clock()
+
+    def work(store: StockStore) -> tuple[dict[str, Any], list[Level]]:
+        order = store.order(command.order_id, lock=True)
+        if order is None:
+            raise UnknownOrder(command.order_id)
+        if order.status is status and status is not OrderStatus.SHIPPED:
+            return _order_body(order, []), []
+        closed = order.moved_to(status)
+        note = MovementNote(meta, now, status.value, reference, order.order_id)
+        levels = apply_changes(store, order.changes(_MOVEMENT[status]), note, deps.source)
+        store.set_order_status(order.order_id, status, now)
+        store.add_event(
+            _EVENT[status],
+            order.order_id,
+            events.cloud_event(
+                _EVENT[status], deps.source, order.order_id, events.order_data(closed), now
+            ),
+        )
+        return _order_body(closed, levels), levels
+
+    return guarded_write(deps, command, meta, work)
+
+
+def cancel_order(deps: Deps, command: CancelOrder, meta: RequestMeta) -> Outcome:
+    """Release the order's reservation; cancelling a cancelled order answers the same."""
+    return _close(deps, command, meta, OrderStatus.CANCELLED)
+
+
+def ship_order(deps: Deps, command: ShipOrder, meta: RequestMeta) -> Outcome:
+    """Confirm: the reserved units leave the warehouse."""
+    return _close(deps, command, meta, OrderStatus.SHIPPED, reference=command.reference)
+
+
+def expire_order(deps: Deps, command: ExpireOrder, meta: RequestMeta) -> Outcome:
+    """Release an order whose hold deadline passed without shipment."""
+    return _close(deps, command, meta, OrderStatus.EXPIRED)

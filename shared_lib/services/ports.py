@@ -1,0 +1,141 @@
+"""What the services need from the stores. Adapters implement these; unit tests use fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
+
+from shared_lib.domain.errors import Shortfall
+from shared_lib.domain.model import (
+    Change,
+    Level,
+    Line,
+    Order,
+    OrderStatus,
+    Product,
+    RequestMeta,
+    Warehouse,
+)
+
+T = TypeVar("T")
+
+
+class AlreadyRecorded(Exception):
+    """Another transaction recorded the same idempotency key first."""
+
+
+@dataclass(frozen=True)
+class MovementRecord:
+    id: int
+    kind: str
+    sku: str
+    warehouse: str
+    delta_on_hand: int
+    delta_reserved: int
+    on_hand_after: int
+    reserved_after: int
+    reason: str | None
+    reference: str | None
+    order_id: str | None
+    actor: str | None
+    idempotency_key: str | None
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["created_at"] = self.created_at.isoformat(timespec="milliseconds") + "Z"
+        return out
+
+
+@dataclass(frozen=True)
+class MovementNote:
+    """Why a movement happened: written on every ledger row of one request."""
+
+    meta: RequestMeta
+    at: datetime
+    reason: str | None = None
+    reference: str | None = None
+    order_id: str | None = None
+
+
+class StockStore(Protocol):
+    """One transaction on the system of record."""
+
+    # idempotency
+    def recall(self, key: str) -> tuple[str, dict[str, Any]] | None: ...
+    def remember(self, key: str, fingerprint: str, kind: str, response: dict[str, Any]) -> None: ...
+
+    # catalog
+    def product(self, sku: str) -> Product | None: ...
+    def products(self, skus: Iterable[str]) -> dict[str, Product]: ...
+    def warehouse(self, code: str) -> Warehouse | None: ...
+
+    # balances: apply() writes only when the change keeps every invariant, else returns None
+    def level(self, warehouse: str, sku: str) -> Level | None: ...
+    def apply(self, change: Change) -> Level | None: ...
+    def create_level(self, warehouse: str, sku: str) -> None: ...
+    def levels_page(self, warehouse: str, after_sku: str | None, limit: int) -> list[Level]: ...
+    def warehouse_codes(self) -> list[str]: ...
+
+    # ledger, orders, outbox
+    def append_movement(self, change: Change, after: Level, note: MovementNote) -> int: ...
+    def add_order(self, order: Order, at: datetime) -> None: ...
+    def order(self, order_id: str, *, lock: bool = False) -> Order | None: ...
+    def set_order_status(self, order_id: str, status: OrderStatus, at: datetime) -> None: ...
+    def add_event(self, topic: str, key: str, event: dict[str, Any]) -> None: ...
+
+
+class Transactions(Protocol):
+    def run(self, work: Callable[[StockStore], T]) -> T:
+        """Run `work` in one transaction and commit; retried whole on transient errors."""
+        ...
+
+
+class GateAnswer(StrEnum):
+    HELD = "held"
+    SHORT = "short"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    NOT_READY = "not_ready"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    answer: GateAnswer
+    shortfalls: list[Shortfall] = field(default_factory=list)
+    unknown_skus: list[str] = field(default_factory=list)
+
+
+class StockGate(Protocol):
+    """The admission gate in front of the system of record (Redis in production)."""
+
+    def try_hold(
+        self,
+        warehouse: str,
+        request_id: str,
+        fingerprint: str,
+        lines: Sequence[Line],
+        hold_ms: int,
+    ) -> HoldResult: ...
+
+    def cancel_hold(self, warehouse: str, request_id: str) -> None: ...
+
+    def settle(self, warehouse: str, request_id: str | None, levels: Sequence[Level]) -> None:
+        """Drop the request's hold and record the durable levels (newer versions win)."""
+        ...
+
+
+class MaintainedGate(StockGate, Protocol):
+    """What rebuild and reconcile need beyond the order path."""
+
+    def generation(self, warehouse: str) -> str: ...
+    def invalidate(self, warehouse: str) -> None: ...
+    def load(self, warehouse: str, levels: Sequence[Level]) -> None: ...
+    def mark_ready(self, warehouse: str, generation: str) -> bool: ...
+    def is_ready(self, warehouse: str) -> bool: ...
+    def acquire_rebuild(self, warehouse: str, owner: str, ttl_ms: int = 60_000) -> bool: ...
+    def release_rebuild(self, warehouse: str, owner: str) -> None: ...

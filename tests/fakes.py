@@ -1,0 +1,230 @@
+"""In-memory implementations of the ports, for unit tests of the services (no mocks)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from shared_lib.domain.errors import Shortfall
+from shared_lib.domain.model import (
+    Change,
+    Level,
+    Line,
+    Order,
+    OrderStatus,
+    Product,
+    Warehouse,
+)
+from shared_lib.services.ports import (
+    AlreadyRecorded,
+    GateAnswer,
+    HoldResult,
+    MovementNote,
+    StockStore,
+)
+
+T = TypeVar("T")
+
+
+@dataclass
+class State:
+    products: dict[str, Product] = field(default_factory=dict)
+    warehouses: dict[str, Warehouse] = field(default_factory=dict)
+    levels: dict[tuple[str, str], Level] = field(default_factory=dict)
+    movements: list[dict[str, Any]] = field(default_factory=list)
+    orders: dict[str, Order] = field(default_factory=dict)
+    outbox: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    records: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+class FakeStore:
+    def __init__(self, state: State) -> None:
+        self.s = state
+
+    def recall(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        return self.s.records.get(key)
+
+    def remember(self, key: str, fingerprint: str, kind: str, response: dict[str, Any]) -> None:
+        if key in self.s.records:
+            raise AlreadyRecorded(key)
+        self.s.records[key] = (fingerprint, copy.deepcopy(response))
+
+    def product(self, sku: str) -> Product | None:
+        return self.s.products.get(sku)
+
+    def products(self, skus: Iterable[str]) -> dict[str, Product]:
+        return {s: self.s.products[s] for s in skus if s in self.s.products}
+
+    def warehouse(self, code: str) -> Warehouse | None:
+        return self.s.warehouses.get(code)
+
+    def level(self, warehouse: str, sku: str) -> Level | None:
+        return self.s.levels.get((warehouse, sku))
+
+    def apply(self, change: Change) -> Level | None:
+        current = self.s.levels.get((change.warehouse, change.sku))
+        if current is None or not change.admits(current):
+            return None
+        after = change.applied_to(current)
+        self.s.levels[(change.warehouse, change.sku)] = after
+        return after
+
+    def create_level(self, warehouse: str, sku: str) -> None:
+        self.s.levels.setdefault((warehouse, sku), Level(sku, warehouse, 0, 0, 0))
+
+    def levels_page(self, warehouse: str, after_sku: str | None, limit: int) -> list[Level]:
+        rows = sorted(
+            (lv for (wh, _), lv in self.s.levels.items() if wh == warehouse),
+            key=lambda lv: lv.sku,
+        )
+        return [lv for lv in rows if after_sku is None or lv.sku > after_sku][:limit]
+
+    def warehouse_codes(self) -> list[str]:
+        return sorted(self.s.warehouses)
+
+    def append_movement(self, change: Change, after: Level, note: MovementNote) -> int:
+        self.s.movements.append(
+            {
+                "kind": change.movement.value,
+                "warehouse": change.warehouse,
+                "sku": change.sku,
+                "delta_on_hand": change.d_on_hand,
+                "delta_reserved": change.d_reserved,
+                "on_hand_after": after.on_hand,
+                "idempotency_key": note.meta.idempotency_key,
+            }
+        )
+        return len(self.s.movements)
+
+    def add_order(self, order: Order, at: datetime) -> None:
+        self.s.orders[order.order_id] = order
+
+    def order(self, order_id: str, *, lock: bool = False) -> Order | None:
+        return self.s.orders.get(order_id)
+
+    def set_order_status(self, order_id: str, status: OrderStatus, at: datetime) -> None:
+        order = self.s.orders[order_id]
+        self.s.orders[order_id] = Order(
+            order.order_id, order.warehouse, status, order.lines, order.hold_until, order.customer
+        )
+
+    def add_event(self, topic: str, key: str, event: dict[str, Any]) -> None:
+        self.s.outbox.append((topic, key, event))
+
+
+class FakeTransactions:
+    """Each run works on a copy of the state; the copy replaces the state only on success.
+    `fail_next` makes the next commit fail, as a lost database would."""
+
+    def __init__(self, state: State | None = None) -> None:
+        self.state = state or State()
+        self.commits = 0
+        self.fail_next: Exception | None = None
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[StockStore], T]) -> T:
+        with self._lock:
+            draft = copy.deepcopy(self.state)
+            result = work(FakeStore(draft))
+            if self.fail_next is not None:
+                exc, self.fail_next = self.fail_next, None
+                raise exc
+            self.state = draft
+            self.commits += 1
+            return result
+
+
+class MemoryGate:
+    """The gate's semantics without Redis: holds, versioned settles, readiness."""
+
+    def __init__(self) -> None:
+        self.levels: dict[tuple[str, str], dict[str, int]] = {}
+        self.holds: dict[tuple[str, str], dict[str, int]] = {}
+        self.markers: dict[tuple[str, str], str] = {}
+        self.ready: set[str] = set()
+        self.gen: dict[str, int] = {}
+        self.reachable = True
+
+    def try_hold(
+        self,
+        warehouse: str,
+        request_id: str,
+        fingerprint: str,
+        lines: Sequence[Line],
+        hold_ms: int,
+    ) -> HoldResult:
+        if not self.reachable:
+            return HoldResult(GateAnswer.UNAVAILABLE)
+        seen = self.markers.get((warehouse, request_id))
+        if seen is not None:
+            return HoldResult(GateAnswer.DUPLICATE if seen == fingerprint else GateAnswer.CONFLICT)
+        if warehouse not in self.ready:
+            return HoldResult(GateAnswer.NOT_READY)
+        short, unknown = [], []
+        for line in lines:
+            lv = self.levels.get((warehouse, line.sku))
+            available = lv["oh"] - lv["rs"] - lv["hd"] if lv else 0
+            if available < line.qty:
+                short.append(Shortfall(line.sku, line.qty, max(available, 0)))
+                if lv is None:
+                    unknown.append(line.sku)
+        if short:
+            return HoldResult(GateAnswer.SHORT, short, unknown)
+        for line in lines:
+            self.levels[(warehouse, line.sku)]["hd"] += line.qty
+        self.holds[(warehouse, request_id)] = {ln.sku: ln.qty for ln in lines}
+        self.markers[(warehouse, request_id)] = fingerprint
+        return HoldResult(GateAnswer.HELD)
+
+    def _drop(self, warehouse: str, request_id: str) -> None:
+        for sku, qty in self.holds.pop((warehouse, request_id), {}).items():
+            if (warehouse, sku) in self.levels:
+                self.levels[(warehouse, sku)]["hd"] -= qty
+
+    def cancel_hold(self, warehouse: str, request_id: str) -> None:
+        if self.reachable:
+            self._drop(warehouse, request_id)
+            self.markers.pop((warehouse, request_id), None)
+
+    def settle(self, warehouse: str, request_id: str | None, levels: Sequence[Level]) -> None:
+        if not self.reachable:
+            return
+        if request_id:
+            self._drop(warehouse, request_id)
+        self.load(warehouse, levels)
+
+    def load(self, warehouse: str, levels: Sequence[Level]) -> None:
+        for lv in levels:
+            cur = self.levels.setdefault((warehouse, lv.sku), {"oh": 0, "rs": 0, "v": -1, "hd": 0})
+            if cur["v"] < lv.version:
+                cur.update(oh=lv.on_hand, rs=lv.reserved, v=lv.version)
+
+    def generation(self, warehouse: str) -> str:
+        return str(self.gen.get(warehouse, 0))
+
+    def invalidate(self, warehouse: str) -> None:
+        self.gen[warehouse] = self.gen.get(warehouse, 0) + 1
+        self.ready.discard(warehouse)
+
+    def mark_ready(self, warehouse: str, generation: str) -> bool:
+        if self.generation(warehouse) != generation:
+            return False
+        self.ready.add(warehouse)
+        return True
+
+    def is_ready(self, warehouse: str) -> bool:
+        return warehouse in self.ready
+
+    def acquire_rebuild(self, warehouse: str, owner: str, ttl_ms: int = 60_000) -> bool:
+        return True
+
+    def release_rebuild(self, warehouse: str, owner: str) -> None:
+        return None
+
+    def available(self, warehouse: str, sku: str) -> int:
+        lv = self.levels[(warehouse, sku)]
+        return lv["oh"] - lv["rs"] - lv["hd"]
