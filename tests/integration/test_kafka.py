@@ -143,7 +143,8 @@ def test_broker_restart_keeps_port_and_topics_but_not_records(tmp_path: Path) ->
 
             assert own.port == port and own.pid != pid and own.running
             assert read_topic(own.bootstrap, "psi.test.restart", until=bool, timeout=1.0) == []
-            pub.publish("psi.test.restart", "k", b"after")  # stale metadata still lands
+            # stale metadata and a forgotten producer id: the publisher still gets through
+            pub.publish("psi.test.restart", "k", b"after")
         records = read_topic(own.bootstrap, "psi.test.restart", until=bool, timeout=5)
         assert [r.value for r in records] == [b"after"]
     finally:
@@ -198,6 +199,26 @@ def test_bridge_delivers_binary_cloudevent(
     assert structured_req.header("x-topic") == topic
     assert all(r.body != b'{"before": "start"}' for r in requests)
     assert bridge.stats.delivered == 2  # stop() joined the thread after both answers
+
+
+def test_bridge_starts_after_a_batched_log_end(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    from kafka import KafkaProducer
+
+    # one multi-record batch: Tansu's end_offsets() then says 1, not 20
+    batcher = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200, acks="all")
+    try:
+        for i in range(20):
+            batcher.send(topic, key=b"same", value=f'{{"old": {i}}}'.encode())
+        batcher.flush(10)
+    finally:
+        batcher.close(5)
+    with HttpSink() as sink, _bridge(broker, topic, sink.url):
+        publisher.publish(topic, "same", b'{"new": true}')
+        requests = sink.wait_for(lambda rs: len(rs) >= 1, timeout=10)
+    assert [r.body for r in requests] == [b'{"new": true}']
+    assert str(requests[0].header("ce-subject")).endswith("#20")
 
 
 def test_bridge_dead_letters_4xx_and_moves_on(

@@ -1,0 +1,57 @@
+"""stock-in: receive goods into a warehouse (HTTP and psi.stock-in.requested), cycle counts."""
+
+from __future__ import annotations
+
+import functions_framework
+import flask
+
+from shared_lib import services, topics
+from shared_lib.domain.model import AdjustStock, ReceiveStock
+from shared_lib.http import Call, FunctionApp, Route, outcome_metric
+from shared_lib.http.schemas import AdjustBody, StockInBody, lines_of
+from shared_lib.services import Outcome
+
+
+@outcome_metric("receive")
+def receive(call: Call) -> Outcome:
+    body: StockInBody = call.body
+    command = ReceiveStock(body.warehouse, lines_of(body), body.reason, body.reference)
+    return services.receive_stock(call.platform.deps, command, call.meta)
+
+
+@outcome_metric("adjust")
+def adjust(call: Call) -> Outcome:
+    body: AdjustBody = call.body
+    command = AdjustStock(body.warehouse, body.sku, body.counted, body.expected, body.reason)
+    return services.adjust_stock(call.platform.deps, command, call.meta)
+
+
+app = FunctionApp(
+    "stock-in",
+    [
+        Route(
+            "POST",
+            "/",
+            receive,
+            "stock:write",
+            "Receive goods into a warehouse",
+            body=StockInBody,
+            created=True,
+            topic=topics.STOCK_IN_REQUESTED,
+        ),
+        Route(
+            "POST",
+            "/adjustments",
+            adjust,
+            "stock:write",
+            "Cycle count: set on_hand to the counted quantity",
+            body=AdjustBody,
+        ),
+    ],
+    description="Purchase receipts, returns and positive adjustments; cycle counts.",
+)
+
+
+@functions_framework.http
+def handle(request: flask.Request) -> flask.Response:
+    return app(request)

@@ -1,0 +1,72 @@
+"""stock-out: ship a reserved order, or issue goods directly; never below zero."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import functions_framework
+import flask
+from pydantic import BaseModel
+
+from shared_lib import services, topics
+from shared_lib.domain.model import IssueStock, ShipOrder, TransferStock
+from shared_lib.http import Call, FunctionApp, Route, outcome_metric
+from shared_lib.http.schemas import IssueBody, ShipBody, TransferBody, lines_of
+from shared_lib.services import Outcome
+
+
+def stock_out_body(document: dict[str, Any]) -> BaseModel:
+    """`{order_id}` ships an order; `{warehouse, lines, reason}` issues directly."""
+    return ShipBody(**document) if "order_id" in document else IssueBody(**document)
+
+
+@outcome_metric("issue")
+def issue_or_ship(call: Call) -> Outcome:
+    deps = call.platform.deps
+    if isinstance(call.body, ShipBody):
+        return services.ship_order(
+            deps, ShipOrder(call.body.order_id, call.body.reference), call.meta
+        )
+    body: IssueBody = call.body
+    command = IssueStock(body.warehouse, lines_of(body), body.reason, body.reference)
+    return services.issue_stock(deps, command, call.meta)
+
+
+@outcome_metric("transfer")
+def transfer(call: Call) -> Outcome:
+    body: TransferBody = call.body
+    command = TransferStock(
+        body.source, body.destination, lines_of(body), body.reason, body.reference
+    )
+    return services.transfer_stock(call.platform.deps, command, call.meta)
+
+
+app = FunctionApp(
+    "stock-out",
+    [
+        Route(
+            "POST",
+            "/",
+            issue_or_ship,
+            "stock:write",
+            "Ship a reserved order ({order_id}) or issue goods directly",
+            body=stock_out_body,
+            body_schema=[ShipBody, IssueBody],
+            topic=topics.STOCK_OUT_REQUESTED,
+        ),
+        Route(
+            "POST",
+            "/transfers",
+            transfer,
+            "stock:write",
+            "Move goods between warehouses",
+            body=TransferBody,
+        ),
+    ],
+    description="Shipments of reserved orders, counter sales, scrap, negative adjustments.",
+)
+
+
+@functions_framework.http
+def handle(request: flask.Request) -> flask.Response:
+    return app(request)

