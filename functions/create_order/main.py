@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functions_framework
 import flask
+import functions_framework
 
 from shared_lib import services
 from shared_lib.domain.errors import UnknownOrder

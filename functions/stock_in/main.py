@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functions_framework
 import flask
+import functions_framework
 
 from shared_lib import services, topics
 from shared_lib.domain.model import AdjustStock, ReceiveStock

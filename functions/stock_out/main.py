@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import functions_framework
 import flask
+import functions_framework
 from pydantic import BaseModel
 
 from shared_lib import services, topics

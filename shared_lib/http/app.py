@@ -9,9 +9,9 @@ A function's main.py only declares routes and turns a valid body into a use-case
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import flask
 from pydantic import BaseModel, ValidationError
 
+from shared_lib import logs
 from shared_lib.bootstrap import Platform, get_platform
 from shared_lib.config import Settings, get_settings
 from shared_lib.domain.errors import (
@@ -35,7 +36,7 @@ from shared_lib.http.auth import Authenticator, AuthError
 from shared_lib.http.delivery import Delivery, classify
 from shared_lib.services.guard import Outcome
 
-log = logging.getLogger(__name__)
+log = logs.get_logger(__name__)
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
 HEALTH_PATHS = ("/health/live", "/health/ready", "/_/health", "/_/ready")
 
@@ -128,6 +129,7 @@ class FunctionApp:
         self.description = description
         self.needs_redis = needs_redis
         self.settings = settings or get_settings()
+        logs.configure(self.settings.log_level)
         self.auth = Authenticator.from_settings(self.settings)
         self._platform: Platform | None = None
 
@@ -141,6 +143,9 @@ class FunctionApp:
     def __call__(self, request: flask.Request) -> flask.Response:
         started = time.perf_counter()
         route_label = "unmatched"
+        logs.clear()
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        logs.bind(function=self.name, request_id=request_id)
         try:
             reply, route_label = self._dispatch(request)
         except HttpError as exc:
@@ -156,10 +161,22 @@ class FunctionApp:
             if isinstance(exc, InsufficientStock):
                 metrics.OVERSELL_REJECTIONS.labels(self.name).inc()
         except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
+            log.exception("unhandled error", method=request.method, path=request.path)
             reply = Reply(500, {"error": "internal", "message": "unexpected server error"})
+        elapsed = time.perf_counter() - started
         metrics.REQUESTS.labels(self.name, route_label, str(reply.status)).inc()
-        metrics.LATENCY.labels(self.name, route_label).observe(time.perf_counter() - started)
+        metrics.LATENCY.labels(self.name, route_label).observe(elapsed)
+        if route_label not in HEALTH_PATHS and route_label != "/metrics":
+            error = reply.body.get("error") if isinstance(reply.body, dict) else None
+            log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                status=reply.status,
+                ms=round(elapsed * 1000, 2),
+                error=error,
+            )
+        reply.headers.setdefault("X-Request-Id", request_id)
         return self._respond(reply)
 
     def _respond(self, reply: Reply) -> flask.Response:
@@ -232,6 +249,7 @@ class FunctionApp:
                     },
                 )
             meta = RequestMeta(idempotency_key=key, actor=actor)
+            logs.bind(idempotency_key=key, event_id=delivery.event_id if delivery else None)
         body = self._validate(route, document)
         call = Call(params, request.args, body, meta, delivery, self)
         result = route.handler(call)
@@ -298,8 +316,8 @@ class FunctionApp:
             with platform.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
             checks["database"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            log.warning("readiness: database check failed: %s", exc)
+        except Exception as exc:
+            log.warning("readiness: database check failed", error=str(exc))
             return Reply(
                 503, {"status": "unavailable", "database": "unreachable"}, {"Retry-After": "5"}
             )
