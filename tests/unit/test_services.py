@@ -308,3 +308,29 @@ def test_repeated_skus_merge_in_lock_order():
         Line("A", 2),
         Line("B", 4),
     )
+
+
+def test_every_event_the_services_write_matches_its_schema(deps, tx):
+    from shared_lib.events_schema import validate_event
+
+    receive(deps, A=10, B=8)
+    place_order(deps, PlaceOrder("o1", "W1", lines(A=2), customer="c-1"), key("o1"))
+    place_order(deps, PlaceOrder("o2", "W1", lines(B=4)), key("o2"))
+    ship_order(deps, ShipOrder("o1", reference="parcel-1"), key("s1"))
+    cancel_order(deps, CancelOrder("o2"), key("c2"))
+    issue_stock(deps, IssueStock("W1", lines(B=4), "scrap"), key("i1"))
+    transfer_stock(deps, TransferStock("W1", "W2", lines(A=1)), key("t1"))
+    adjust_stock(deps, AdjustStock("W1", "A", counted=5), key("a1"))
+    seen = set()
+    for topic, event_key, event in tx.state.outbox:
+        validate_event(topic, event)
+        assert event["type"] == topic
+        assert event_key == event["subject"]
+        seen.add(topic)
+    assert seen == {
+        topics.STOCK_CHANGED,
+        topics.STOCK_LOW,
+        topics.ORDER_CREATED,
+        topics.ORDER_SHIPPED,
+        topics.ORDER_CANCELLED,
+    }
