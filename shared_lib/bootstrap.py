@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from shared_lib.adapters.outbox import BackgroundRelay, OutboxRelay
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.redis_gate import connect as connect_redis
 from shared_lib.adapters.sql import SqlTransactions, make_engine
@@ -27,7 +29,37 @@ class Platform:
     gate: RedisGate | None = None
     rebuilder: GateRebuilder | None = None
     read_engine: Engine | None = None
+    relay: OutboxRelay | None = None
+    background_relay: BackgroundRelay | None = None
     closers: list[Any] = field(default_factory=list)
+
+    def reconcile(
+        self,
+        run_key: str,
+        *,
+        repair: bool = True,
+        on_progress: Callable[[int, int | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """The reconcile use case wired to this process's stores."""
+        from shared_lib.adapters.reports import reports_from_settings
+        from shared_lib.adapters.sql_reconcile import SqlReconcileStore
+        from shared_lib.services.reconcile import reconcile
+
+        return reconcile(
+            self.deps,
+            SqlReconcileStore(self.engine),
+            self.gate,
+            reports_from_settings(self.settings),
+            run_key=run_key,
+            repair=repair,
+            redrive=self.relay.drain if self.relay else None,
+            on_progress=on_progress,
+        )
+
+    def kick_relay(self) -> None:
+        """Publish what the last commit wrote to the outbox, without making the caller wait."""
+        if self.background_relay is not None:
+            self.background_relay.kick()
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -77,6 +109,16 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         closers.append(gate.close)
         rebuilder = GateRebuilder(tx, gate)
 
+    relay = background = None
+    if settings.kafka_bootstrap:
+        from shared_lib.adapters.kafka import KafkaEventPublisher
+
+        publisher = KafkaEventPublisher(settings.kafka_bootstrap)
+        closers.append(publisher.close)
+        relay = OutboxRelay(engine, publisher)
+        background = BackgroundRelay(relay).start()
+        closers.append(background.stop)
+
     deps = Deps(
         tx=tx,
         gate=gate,
@@ -86,7 +128,9 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         on_gate_not_ready=rebuilder.request if rebuilder else (lambda warehouse: None),
         read_tx=read_tx,
     )
-    return Platform(settings, engine, deps, gate, rebuilder, read_engine, closers)
+    return Platform(
+        settings, engine, deps, gate, rebuilder, read_engine, relay, background, closers
+    )
 
 
 _platform: Platform | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from shared_lib.services.ports import (
     GateAnswer,
     HoldResult,
     MovementNote,
+    MovementRecord,
     StockStore,
 )
 
@@ -96,6 +97,13 @@ class FakeStore:
                 "delta_reserved": change.d_reserved,
                 "on_hand_after": after.on_hand,
                 "idempotency_key": note.meta.idempotency_key,
+                "id": len(self.s.movements) + 1,
+                "reserved_after": after.reserved,
+                "reason": note.reason,
+                "reference": note.reference,
+                "order_id": note.order_id,
+                "actor": note.meta.actor,
+                "created_at": note.at,
             }
         )
         return len(self.s.movements)
@@ -114,6 +122,78 @@ class FakeStore:
 
     def add_event(self, topic: str, key: str, event: dict[str, Any]) -> None:
         self.s.outbox.append((topic, key, event))
+
+    def upsert_product(self, product: Product) -> bool:
+        created = product.sku not in self.s.products
+        self.s.products[product.sku] = product
+        return created
+
+    def upsert_warehouse(self, warehouse: Warehouse) -> bool:
+        created = warehouse.code not in self.s.warehouses
+        self.s.warehouses[warehouse.code] = warehouse
+        return created
+
+    def product_in_use(self, sku: str) -> bool:
+        held = any(lv.on_hand or lv.reserved for (_, s), lv in self.s.levels.items() if s == sku)
+        history = any(m["sku"] == sku for m in self.s.movements)
+        ordered = any(ln.sku == sku for o in self.s.orders.values() for ln in o.lines)
+        return held or history or ordered
+
+    def delete_product(self, sku: str) -> bool:
+        if self.product_in_use(sku) or sku not in self.s.products:
+            return False
+        self.s.levels = {k: lv for k, lv in self.s.levels.items() if k[1] != sku}
+        del self.s.products[sku]
+        return True
+
+    def products_page(self, after_sku: str | None, limit: int) -> list[Product]:
+        skus = sorted(s for s in self.s.products if after_sku is None or s > after_sku)
+        return [self.s.products[s] for s in skus[:limit]]
+
+    def warehouses_page(self, after_code: str | None, limit: int) -> list[Warehouse]:
+        codes = sorted(c for c in self.s.warehouses if after_code is None or c > after_code)
+        return [self.s.warehouses[c] for c in codes[:limit]]
+
+    def levels_where(
+        self,
+        warehouse: str | None,
+        sku: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[Level]:
+        keys = sorted(
+            k
+            for k in self.s.levels
+            if (warehouse is None or k[0] == warehouse)
+            and (sku is None or k[1] == sku)
+            and (after is None or k > after)
+        )
+        return [self.s.levels[k] for k in keys[:limit]]
+
+    def low_stock_page(
+        self, warehouse: str | None, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[Level, int]]:
+        out: list[tuple[Level, int]] = []
+        for level in self.levels_where(warehouse, None, after, len(self.s.levels)):
+            product = self.s.products.get(level.sku)
+            if product and product.track_inventory and level.available <= product.reorder_point:
+                out.append((level, product.reorder_point))
+        return out[:limit]
+
+    def movements_page(
+        self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int
+    ) -> list[MovementRecord]:
+        rows = [
+            m
+            for m in reversed(self.s.movements)
+            if (sku is None or m["sku"] == sku)
+            and (warehouse is None or m["warehouse"] == warehouse)
+            and (before_id is None or m["id"] < before_id)
+        ]
+        return [
+            MovementRecord(**{f.name: m[f.name] for f in fields(MovementRecord)})
+            for m in rows[:limit]
+        ]
 
 
 class FakeTransactions:
@@ -190,11 +270,20 @@ class MemoryGate:
             self._drop(warehouse, request_id)
             self.markers.pop((warehouse, request_id), None)
 
-    def settle(self, warehouse: str, request_id: str | None, levels: Sequence[Level]) -> None:
+    def settle(
+        self,
+        warehouse: str,
+        request_id: str | None,
+        levels: Sequence[Level],
+        *,
+        fingerprint: str | None = None,
+    ) -> None:
         if not self.reachable:
             return
         if request_id:
             self._drop(warehouse, request_id)
+            if fingerprint:
+                self.markers[(warehouse, request_id)] = fingerprint
         self.load(warehouse, levels)
 
     def load(self, warehouse: str, levels: Sequence[Level]) -> None:

@@ -207,20 +207,38 @@ class RedisGate:
             # the hold expires at its deadline; nothing else to do
             self._down(exc)
 
-    def settle(self, warehouse: str, request_id: str | None, levels: Sequence[Level]) -> None:
+    def settle(
+        self,
+        warehouse: str,
+        request_id: str | None,
+        levels: Sequence[Level],
+        *,
+        fingerprint: str | None = None,
+    ) -> None:
         if not self.reachable:
             with self._lock:
                 self._stale.add(warehouse)
             return
         try:
-            self._apply(warehouse, request_id, levels)
+            self._apply(warehouse, request_id, levels, fingerprint)
         except UNREACHABLE as exc:
             self._down(exc, warehouse)
 
-    def _apply(self, warehouse: str, request_id: str | None, levels: Sequence[Level]) -> int:
+    def _apply(
+        self,
+        warehouse: str,
+        request_id: str | None,
+        levels: Sequence[Level],
+        fingerprint: str | None = None,
+    ) -> int:
         keys = self._request_keys(warehouse, request_id or "-")
         keys += [self.level_key(warehouse, lv.sku) for lv in levels]
-        args: list[Any] = [self.tag(warehouse), request_id or "", self.marker_ttl]
+        args: list[Any] = [
+            self.tag(warehouse),
+            request_id or "",
+            self.marker_ttl,
+            (fingerprint or "") if request_id else "",
+        ]
         for lv in levels:
             args += [lv.on_hand, lv.reserved, lv.version]
         return int(self._settle(keys=keys, args=args))

@@ -30,7 +30,7 @@ from shared_lib.domain.model import (
     Warehouse,
     utcnow,
 )
-from shared_lib.services.ports import AlreadyRecorded, MovementNote, StockStore
+from shared_lib.services.ports import AlreadyRecorded, MovementNote, MovementRecord, StockStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,6 +121,10 @@ class SqlTransactions:
         self.attempts = attempts
 
     def run(self, work: Callable[[StockStore], T]) -> T:
+        return self.run_on_connection(lambda conn: work(SqlStore(conn)))
+
+    def run_on_connection(self, work: Callable[[Connection], T], *, snapshot: bool = False) -> T:
+        """`snapshot`: every statement reads one consistent snapshot (MySQL REPEATABLE READ)."""
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self.attempts),
@@ -129,8 +133,11 @@ class SqlTransactions:
         )
         try:
             for attempt in retrying:
-                with attempt, self.engine.begin() as conn:
-                    return work(SqlStore(conn))
+                with attempt, self.engine.connect() as conn:
+                    if snapshot and conn.dialect.name in ("mysql", "mariadb"):
+                        conn.execution_options(isolation_level="REPEATABLE READ")
+                    with conn.begin():
+                        return work(conn)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             if is_unreachable(exc) or is_transient(exc):
                 log.warning("database unavailable: %s", exc)
@@ -319,3 +326,156 @@ class SqlStore:
                 created_at=utcnow(),
             )
         )
+
+    # -- catalog writes
+    def upsert_product(self, product: Product) -> bool:
+        p = t.products
+        values = {
+            "name": product.name,
+            "unit": product.unit,
+            "reorder_point": product.reorder_point,
+            "track_inventory": product.track_inventory,
+        }
+        return self._upsert(p, p.c.sku, product.sku, values)
+
+    def upsert_warehouse(self, warehouse: Warehouse) -> bool:
+        w = t.warehouses
+        return self._upsert(w, w.c.code, warehouse.code, {"name": warehouse.name})
+
+    def _upsert(
+        self, table: sa.Table, key: sa.Column[Any], value: str, values: dict[str, Any]
+    ) -> bool:
+        now = utcnow()
+        changed = self.conn.execute(
+            sa.update(table).where(key == value).values(**values, updated_at=now)
+        )
+        if changed.rowcount == 1:
+            return False
+        try:
+            with self.conn.begin_nested():
+                self.conn.execute(
+                    table.insert().values(
+                        {key.name: value, **values, "created_at": now, "updated_at": now}
+                    )
+                )
+        except sa.exc.IntegrityError:
+            # a concurrent writer created it first: ours becomes an update of that row
+            self.conn.execute(sa.update(table).where(key == value).values(**values, updated_at=now))
+            return False
+        return True
+
+    def product_in_use(self, sku: str) -> bool:
+        s, m, ol = t.stock_levels, t.movements, t.order_lines
+        probes = (
+            sa.select(s.c.sku).where(s.c.sku == sku, (s.c.on_hand > 0) | (s.c.reserved > 0)),
+            sa.select(m.c.id).where(m.c.sku == sku),
+            sa.select(ol.c.order_id).where(ol.c.sku == sku),
+        )
+        return any(self.conn.execute(probe.limit(1)).first() is not None for probe in probes)
+
+    def delete_product(self, sku: str) -> bool:
+        """Drop the product and its empty balance rows; False if rows still reference it."""
+        s, p = t.stock_levels, t.products
+        try:
+            with self.conn.begin_nested():
+                self.conn.execute(
+                    sa.delete(s).where(s.c.sku == sku, s.c.on_hand == 0, s.c.reserved == 0)
+                )
+                deleted = self.conn.execute(sa.delete(p).where(p.c.sku == sku))
+        except sa.exc.IntegrityError:
+            # stock or history arrived after the caller's check: the foreign keys refuse
+            return False
+        return deleted.rowcount == 1
+
+    # -- read side
+    def products_page(self, after_sku: str | None, limit: int) -> list[Product]:
+        p = t.products
+        query = sa.select(p)
+        if after_sku is not None:
+            query = query.where(p.c.sku > after_sku)
+        return [
+            Product(r.sku, r.name, r.unit, int(r.reorder_point), bool(r.track_inventory))
+            for r in self.conn.execute(query.order_by(p.c.sku).limit(limit))
+        ]
+
+    def warehouses_page(self, after_code: str | None, limit: int) -> list[Warehouse]:
+        w = t.warehouses
+        query = sa.select(w.c.code, w.c.name)
+        if after_code is not None:
+            query = query.where(w.c.code > after_code)
+        return [
+            Warehouse(r.code, r.name)
+            for r in self.conn.execute(query.order_by(w.c.code).limit(limit))
+        ]
+
+    def levels_where(
+        self,
+        warehouse: str | None,
+        sku: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[Level]:
+        s = t.stock_levels
+        query = _level_filters(sa.select(s), warehouse, sku, after)
+        return [
+            _level(r)
+            for r in self.conn.execute(query.order_by(s.c.warehouse, s.c.sku).limit(limit))
+        ]
+
+    def low_stock_page(
+        self, warehouse: str | None, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[Level, int]]:
+        s, p = t.stock_levels, t.products
+        query = _level_filters(
+            sa.select(s, p.c.reorder_point).join(p, p.c.sku == s.c.sku), warehouse, None, after
+        ).where(s.c.on_hand - s.c.reserved <= p.c.reorder_point, p.c.track_inventory == sa.true())
+        rows = self.conn.execute(query.order_by(s.c.warehouse, s.c.sku).limit(limit))
+        return [(_level(r), int(r.reorder_point)) for r in rows]
+
+    def movements_page(
+        self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int
+    ) -> list[MovementRecord]:
+        m = t.movements
+        query = sa.select(m)
+        if sku is not None:
+            query = query.where(m.c.sku == sku)
+        if warehouse is not None:
+            query = query.where(m.c.warehouse == warehouse)
+        if before_id is not None:
+            query = query.where(m.c.id < before_id)
+        rows = self.conn.execute(query.order_by(m.c.id.desc()).limit(limit))
+        return [
+            MovementRecord(
+                id=int(r.id),
+                kind=r.kind,
+                sku=r.sku,
+                warehouse=r.warehouse,
+                delta_on_hand=int(r.delta_on_hand),
+                delta_reserved=int(r.delta_reserved),
+                on_hand_after=int(r.on_hand_after),
+                reserved_after=int(r.reserved_after),
+                reason=r.reason,
+                reference=r.reference,
+                order_id=r.order_id,
+                actor=r.actor,
+                idempotency_key=r.idempotency_key,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+
+def _level_filters(
+    query: sa.Select[Any], warehouse: str | None, sku: str | None, after: tuple[str, str] | None
+) -> sa.Select[Any]:
+    s = t.stock_levels
+    if warehouse is not None:
+        query = query.where(s.c.warehouse == warehouse)
+    if sku is not None:
+        query = query.where(s.c.sku == sku)
+    if after is not None:
+        # keyset on (warehouse, sku), spelled out so every dialect can use the primary key
+        query = query.where(
+            (s.c.warehouse > after[0]) | ((s.c.warehouse == after[0]) & (s.c.sku > after[1]))
+        )
+    return query

@@ -78,6 +78,8 @@ class Route:
     body_schema: type[BaseModel] | list[type[BaseModel]] | None = None
     created: bool = False
     topic: str | None = None
+    also_topics: tuple[str, ...] = ()
+    key_required: bool = True
     responses: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +89,12 @@ class Route:
     @property
     def mutation(self) -> bool:
         return self.method in ("POST", "PUT", "DELETE", "PATCH")
+
+    def consumes(self, topic: str | None) -> bool:
+        """A delivery is accepted when its topic is unknown or one this route consumes."""
+        if self.topic is None:
+            return False
+        return topic is None or topic == self.topic or topic in self.also_topics
 
 
 class HttpError(Exception):
@@ -194,6 +202,7 @@ class FunctionApp:
         if request.method == "GET" and path in HEALTH_PATHS:
             return self._health(path.endswith("ready")), path
         if request.method == "GET" and path == "/metrics":
+            metrics.observe_outbox(self._platform.relay if self._platform else None)
             data, content_type = metrics.exposition()
             return Reply(200, data, {"Content-Type": content_type}), path
         if request.method == "GET" and path == "/openapi.json":
@@ -217,7 +226,7 @@ class FunctionApp:
         document = self._read_json(request) if route.mutation else None
         delivery = classify(request.headers, document) if route.mutation else None
         if delivery is not None:
-            if route.topic is None or (delivery.topic and delivery.topic != route.topic):
+            if not route.consumes(delivery.topic):
                 raise HttpError(
                     400,
                     {
@@ -230,6 +239,8 @@ class FunctionApp:
         meta = None
         if route.mutation:
             key = request.headers.get("Idempotency-Key") or (delivery and delivery.event_id)
+            if not key and not route.key_required:
+                key = uuid.uuid4().hex
             if not key:
                 raise HttpError(
                     400,

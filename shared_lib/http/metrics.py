@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 REQUESTS = Counter(
@@ -28,6 +30,17 @@ OUTBOX_LAG = Gauge("psi_outbox_lag_seconds", "Age of the oldest unpublished outb
 RECONCILE_DRIFT = Counter(
     "psi_reconcile_drift_total", "Drift found and repaired by reconcile", ["state"]
 )
+
+
+def observe_outbox(relay: Any) -> None:
+    """Outbox gauges are read from the database when scraped (only once stores are in use)."""
+    if relay is None:
+        return
+    try:
+        OUTBOX_PENDING.set(relay.pending_count())
+        OUTBOX_LAG.set(relay.lag_seconds())
+    except Exception:
+        OUTBOX_PENDING.set(float("nan"))
 
 
 def exposition() -> tuple[bytes, str]:

@@ -138,7 +138,7 @@ def guarded_write(
     if replayed:
         _release(deps, held, req)
         return Outcome(body, replayed=True)
-    _settle(deps, levels, req, held)
+    _settle(deps, levels, req, fingerprint, held)
     return Outcome(body, degraded=degraded, levels=levels)
 
 
@@ -196,14 +196,18 @@ def _release(deps: Deps, warehouses: Iterable[str], req: str) -> None:
         deps.gate.cancel_hold(warehouse, req)
 
 
-def _settle(deps: Deps, levels: Sequence[Level], req: str, held: list[str]) -> None:
+def _settle(
+    deps: Deps, levels: Sequence[Level], req: str, fingerprint: str, held: list[str]
+) -> None:
+    """Every warehouse the request touched remembers it, so a replay is answered by the
+    first answer even when the first attempt ran in degraded mode."""
     if deps.gate is None:
         return
     per_warehouse: dict[str, list[Level]] = {wh: [] for wh in held}
     for level in levels:
         per_warehouse.setdefault(level.warehouse, []).append(level)
     for warehouse, group in per_warehouse.items():
-        deps.gate.settle(warehouse, req if warehouse in held else None, group)
+        deps.gate.settle(warehouse, req, group, fingerprint=fingerprint)
 
 
 def apply_changes(

@@ -87,6 +87,29 @@ class StockStore(Protocol):
     def set_order_status(self, order_id: str, status: OrderStatus, at: datetime) -> None: ...
     def add_event(self, topic: str, key: str, event: dict[str, Any]) -> None: ...
 
+    # catalog writes: upserts answer True when the row was created
+    def upsert_product(self, product: Product) -> bool: ...
+    def upsert_warehouse(self, warehouse: Warehouse) -> bool: ...
+    def product_in_use(self, sku: str) -> bool: ...
+    def delete_product(self, sku: str) -> bool: ...
+
+    # read side: keyset pages, `after` is the last key of the previous page
+    def products_page(self, after_sku: str | None, limit: int) -> list[Product]: ...
+    def warehouses_page(self, after_code: str | None, limit: int) -> list[Warehouse]: ...
+    def levels_where(
+        self,
+        warehouse: str | None,
+        sku: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[Level]: ...
+    def low_stock_page(
+        self, warehouse: str | None, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[Level, int]]: ...
+    def movements_page(
+        self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int
+    ) -> list[MovementRecord]: ...
+
 
 class Transactions(Protocol):
     def run(self, work: Callable[[StockStore], T]) -> T:
@@ -124,8 +147,16 @@ class StockGate(Protocol):
 
     def cancel_hold(self, warehouse: str, request_id: str) -> None: ...
 
-    def settle(self, warehouse: str, request_id: str | None, levels: Sequence[Level]) -> None:
-        """Drop the request's hold and record the durable levels (newer versions win)."""
+    def settle(
+        self,
+        warehouse: str,
+        request_id: str | None,
+        levels: Sequence[Level],
+        *,
+        fingerprint: str | None = None,
+    ) -> None:
+        """Drop the request's hold, remember the request (when a fingerprint is given) and
+        record the durable levels (newer versions win)."""
         ...
 
 

@@ -95,7 +95,7 @@ def test_scripts_validate_before_writing(gate: RedisGate):
     with pytest.raises(redis.ResponseError, match="bad quantity"):
         gate._try_hold(keys=keys, args=[tag, "r1", "fp", 1000, "A", -2])
     with pytest.raises(redis.ResponseError, match="bad number"):
-        gate._settle(keys=keys[1:], args=[tag, "", 60, 1, "x", 2])
+        gate._settle(keys=keys[1:], args=[tag, "", 60, "", 1, "x", 2])
     assert available(gate, "W1", "A") == 5
     assert gate.client.exists(f"{tag}:req:r1") == 0
 

@@ -41,6 +41,7 @@ from shared_lib.services import (
     transfer_stock,
 )
 from shared_lib.services.cache import rebuild_warehouse
+from shared_lib.services.guard import request_id
 from tests.fakes import FakeTransactions, MemoryGate
 
 
@@ -126,7 +127,8 @@ def test_one_short_line_reserves_nothing_and_names_the_line(deps, tx, gate):
         {"sku": "B", "requested": 3, "available": 1}
     ]
     assert levels(tx) == before and len(tx.state.outbox) == outbox_before
-    assert gate.available("W1", "A") == 10 and gate.holds == {} and gate.markers == {}
+    assert gate.available("W1", "A") == 10 and gate.holds == {}
+    assert ("W1", request_id("o1")) not in gate.markers
     assert "o1" not in tx.state.orders
 
 
@@ -171,8 +173,6 @@ def test_replay_is_answered_by_the_database_when_the_gate_forgot(deps, tx, gate)
 def test_duplicate_still_in_flight_is_reported(deps, gate, tx):
     receive(deps, A=10)
     command = PlaceOrder("o1", "W1", lines(A=3))
-    from shared_lib.services.guard import request_id
-
     gate.markers[("W1", request_id("k"))] = command.fingerprint()
     with pytest.raises(RequestInProgress):
         place_order(deps, command, key("k"))
@@ -183,7 +183,8 @@ def test_database_failure_after_the_hold_releases_it(deps, tx, gate):
     tx.fail_next = StoreUnavailable("database")
     with pytest.raises(StoreUnavailable):
         place_order(deps, PlaceOrder("o1", "W1", lines(A=4)), key("o1"))
-    assert gate.available("W1", "A") == 10 and gate.holds == {} and gate.markers == {}
+    assert gate.available("W1", "A") == 10 and gate.holds == {}
+    assert ("W1", request_id("o1")) not in gate.markers
     assert levels(tx)[("W1", "A")] == (10, 0)
     out = place_order(deps, PlaceOrder("o1", "W1", lines(A=4)), key("o1"))
     assert out.body["status"] == "reserved"
@@ -334,3 +335,14 @@ def test_every_event_the_services_write_matches_its_schema(deps, tx):
         topics.ORDER_SHIPPED,
         topics.ORDER_CANCELLED,
     }
+
+
+def test_replay_of_a_degraded_first_attempt_answers_the_first_answer(tx):
+    gate = MemoryGate()
+    deps = Deps(tx=tx, gate=gate)
+    receive(deps, A=4)
+    first = place_order(deps, PlaceOrder("o1", "W1", lines(A=4)), key("o1"))
+    assert first.degraded
+    assert rebuild_warehouse(tx, gate, "W1") == 1
+    again = place_order(deps, PlaceOrder("o1", "W1", lines(A=4)), key("o1"))
+    assert again.replayed and again.body == first.body

@@ -9,7 +9,9 @@ local fields = redis.call('HGETALL', KEYS[2])
 for j = 1, #fields, 2 do
   local level_key = tag .. ':lvl:' .. fields[j]
   if redis.call('EXISTS', level_key) == 1 then
-    redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1]))
+    if redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1])) < 0 then
+      redis.call('HSET', level_key, 'hd', 0)
+    end
   end
 end
 redis.call('DEL', KEYS[2], KEYS[3])

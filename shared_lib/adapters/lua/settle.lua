@@ -3,12 +3,13 @@
 -- KEYS[1] holds  KEYS[2] this request's hold  KEYS[3] this request's marker
 -- KEYS[4..] level hashes
 -- ARGV[1] tag prefix  ARGV[2] request id ('' when none)  ARGV[3] marker ttl seconds
--- ARGV[4..] per level: on_hand, reserved, version
+-- ARGV[4] request fingerprint ('' to keep the marker as it is)
+-- ARGV[5..] per level: on_hand, reserved, version
 local n = #KEYS - 3
-if n < 0 or #ARGV ~= 3 + 3 * n then
+if n < 0 or #ARGV ~= 4 + 3 * n then
   return redis.error_reply('PSI bad arity')
 end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local x = tonumber(ARGV[i])
   if not x or x < 0 or x ~= math.floor(x) then
     return redis.error_reply('PSI bad number at argument ' .. i)
@@ -24,19 +25,24 @@ if ARGV[2] ~= '' then
   for j = 1, #fields, 2 do
     local level_key = tag .. ':lvl:' .. fields[j]
     if redis.call('EXISTS', level_key) == 1 then
-      redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1]))
+      if redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1])) < 0 then
+      redis.call('HSET', level_key, 'hd', 0)
+    end
     end
   end
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[1], ARGV[2])
-  if redis.call('EXISTS', KEYS[3]) == 1 then
+  -- the marker outlives the hold, so a replay is recognised even after a degraded first try
+  if ARGV[4] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[4], 'EX', tonumber(ARGV[3]))
+  elseif redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]))
   end
 end
 
 local applied = 0
 for i = 1, n do
-  local base = 3 + 3 * (i - 1)
+  local base = 4 + 3 * (i - 1)
   local current = redis.call('HGET', KEYS[3 + i], 'v')
   if not current or tonumber(current) < tonumber(ARGV[base + 3]) then
     redis.call('HSET', KEYS[3 + i], 'oh', ARGV[base + 1], 'rs', ARGV[base + 2], 'v', ARGV[base + 3])

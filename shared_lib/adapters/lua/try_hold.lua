@@ -44,7 +44,9 @@ for _, req in ipairs(expired) do
   for j = 1, #fields, 2 do
     local level_key = tag .. ':lvl:' .. fields[j]
     if redis.call('EXISTS', level_key) == 1 then
-      redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1]))
+      if redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1])) < 0 then
+      redis.call('HSET', level_key, 'hd', 0)
+    end
     end
   end
   redis.call('DEL', hold_key)

@@ -1,0 +1,130 @@
+"""catalog: products and warehouses, created or replaced by PUT, listed in keyset pages."""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from shared_lib.domain.catalog import DeleteProduct, PutProduct, PutWarehouse
+from shared_lib.domain.errors import UnknownSku, UnknownWarehouse
+from shared_lib.domain.model import SKU_MAX, WAREHOUSE_MAX, check_code
+from shared_lib.http import Call, FunctionApp, Reply, Route
+from shared_lib.http.schemas import ProductBody, WarehouseBody
+from shared_lib.services import Outcome
+from shared_lib.services import catalog as services
+from shared_lib.services.queries import (
+    Page,
+    product_view,
+    products_list,
+    warehouse_view,
+    warehouses_list,
+)
+
+
+def saved(outcome: Outcome, what: str) -> Reply:
+    """201 when the first answer created the record, 200 when it replaced one; a replay
+    repeats that status and says it is a replay."""
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    return Reply(201 if outcome.body["created"] else 200, outcome.body[what], headers)
+
+
+def put_product(call: Call) -> Reply:
+    sku = check_code("sku", call.params["sku"], SKU_MAX)
+    body: ProductBody = call.body
+    command = PutProduct(sku, body.name, body.unit, body.reorder_point, body.track_inventory)
+    return saved(services.put_product(call.platform.deps, command, call.meta), "product")
+
+
+def show_product(call: Call) -> Reply:
+    sku = check_code("sku", call.params["sku"], SKU_MAX)
+    view = product_view(call.platform.deps, sku)
+    if view is None:
+        raise UnknownSku(sku)
+    return Reply(200, view)
+
+
+def list_products(call: Call) -> Reply:
+    return Reply(200, products_list(call.platform.deps, Page.from_query(call.query)))
+
+
+def delete_product(call: Call) -> Reply:
+    sku = check_code("sku", call.params["sku"], SKU_MAX)
+    outcome = services.delete_product(call.platform.deps, DeleteProduct(sku), call.meta)
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    return Reply(200, outcome.body, headers)
+
+
+def put_warehouse(call: Call) -> Reply:
+    code = check_code("code", call.params["code"], WAREHOUSE_MAX)
+    command = PutWarehouse(code, call.body.name)
+    return saved(services.put_warehouse(call.platform.deps, command, call.meta), "warehouse")
+
+
+def show_warehouse(call: Call) -> Reply:
+    code = check_code("code", call.params["code"], WAREHOUSE_MAX)
+    view = warehouse_view(call.platform.deps, code)
+    if view is None:
+        raise UnknownWarehouse(code)
+    return Reply(200, view)
+
+
+def list_warehouses(call: Call) -> Reply:
+    return Reply(200, warehouses_list(call.platform.deps, Page.from_query(call.query)))
+
+
+app = FunctionApp(
+    "catalog",
+    [
+        Route(
+            "GET",
+            "/products",
+            list_products,
+            "stock:read",
+            "Products by sku, in pages (?limit=1..1000&cursor=)",
+        ),
+        Route(
+            "PUT",
+            "/products/{sku}",
+            put_product,
+            "stock:write",
+            "Create a product (201) or replace all its fields (200)",
+            body=ProductBody,
+            created=True,
+            responses={201: "Created; 200 when an existing product was replaced"},
+        ),
+        Route("GET", "/products/{sku}", show_product, "stock:read", "One product"),
+        Route(
+            "DELETE",
+            "/products/{sku}",
+            delete_product,
+            "stock:write",
+            "Delete a product that never held stock",
+            responses={409: "The product has stock, ledger history or order lines"},
+        ),
+        Route(
+            "GET",
+            "/warehouses",
+            list_warehouses,
+            "stock:read",
+            "Warehouses by code, in pages (?limit=1..1000&cursor=)",
+        ),
+        Route(
+            "PUT",
+            "/warehouses/{code}",
+            put_warehouse,
+            "stock:write",
+            "Create a warehouse (201) or rename it (200)",
+            body=WarehouseBody,
+            created=True,
+            responses={201: "Created; 200 when an existing warehouse was renamed"},
+        ),
+        Route("GET", "/warehouses/{code}", show_warehouse, "stock:read", "One warehouse"),
+    ],
+    description="Products and warehouses: the catalog every stock movement refers to.",
+    needs_redis=False,
+)
+
+
+@functions_framework.http
+def handle(request: flask.Request) -> flask.Response:
+    return app(request)

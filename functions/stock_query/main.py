@@ -1,0 +1,97 @@
+"""stock-query: balances, the low-stock list and movement history (read replica)."""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from shared_lib.domain.errors import UnknownSku
+from shared_lib.domain.model import SKU_MAX, WAREHOUSE_MAX, check_code
+from shared_lib.http import Call, FunctionApp, Reply, Route
+from shared_lib.services.queries import (
+    Page,
+    code_filter,
+    levels_list,
+    low_stock_list,
+    movements_list,
+    sku_levels,
+)
+
+
+def levels(call: Call) -> Reply:
+    body = levels_list(
+        call.platform.deps,
+        Page.from_query(call.query),
+        warehouse=code_filter(call.query, "warehouse", WAREHOUSE_MAX),
+        sku=code_filter(call.query, "sku", SKU_MAX),
+    )
+    return Reply(200, body)
+
+
+def levels_of_sku(call: Call) -> Reply:
+    sku = check_code("sku", call.params["sku"], SKU_MAX)
+    view = sku_levels(call.platform.deps, sku)
+    if view is None:
+        raise UnknownSku(sku)
+    return Reply(200, view)
+
+
+def low_stock(call: Call) -> Reply:
+    body = low_stock_list(
+        call.platform.deps,
+        Page.from_query(call.query),
+        warehouse=code_filter(call.query, "warehouse", WAREHOUSE_MAX),
+    )
+    return Reply(200, body)
+
+
+def movements(call: Call) -> Reply:
+    body = movements_list(
+        call.platform.deps,
+        Page.from_query(call.query),
+        sku=code_filter(call.query, "sku", SKU_MAX),
+        warehouse=code_filter(call.query, "warehouse", WAREHOUSE_MAX),
+    )
+    return Reply(200, body)
+
+
+app = FunctionApp(
+    "stock-query",
+    [
+        Route(
+            "GET",
+            "/levels",
+            levels,
+            "stock:read",
+            "Balances by warehouse and sku (?warehouse=&sku=&limit=1..1000&cursor=)",
+        ),
+        Route(
+            "GET",
+            "/levels/{sku}",
+            levels_of_sku,
+            "stock:read",
+            "One product's balance in every warehouse, with totals",
+        ),
+        Route(
+            "GET",
+            "/low-stock",
+            low_stock,
+            "stock:read",
+            "Balances whose available is at or below the reorder point (?warehouse=)",
+        ),
+        Route(
+            "GET",
+            "/movements",
+            movements,
+            "stock:read",
+            "Ledger rows, newest first (?sku=&warehouse=&limit=1..1000&cursor=)",
+        ),
+    ],
+    description="What users look at after they changed stock; served from the read replica.",
+    needs_redis=False,
+)
+
+
+@functions_framework.http
+def handle(request: flask.Request) -> flask.Response:
+    return app(request)
