@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from shared_lib.adapters.kafka import EventPublisher
 from shared_lib.adapters.outbox import BackgroundRelay, OutboxRelay
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.redis_gate import connect as connect_redis
@@ -32,6 +33,7 @@ class Platform:
     relay: OutboxRelay | None = None
     background_relay: BackgroundRelay | None = None
     closers: list[Any] = field(default_factory=list)
+    publisher: EventPublisher | None = None
 
     def reconcile(
         self,
@@ -109,7 +111,7 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         closers.append(gate.close)
         rebuilder = GateRebuilder(tx, gate)
 
-    relay = background = None
+    relay = background = publisher = None
     if settings.kafka_bootstrap:
         from shared_lib.adapters.kafka import KafkaEventPublisher
 
@@ -129,7 +131,16 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         read_tx=read_tx,
     )
     return Platform(
-        settings, engine, deps, gate, rebuilder, read_engine, relay, background, closers
+        settings,
+        engine,
+        deps,
+        gate,
+        rebuilder,
+        read_engine,
+        relay,
+        background,
+        closers,
+        publisher,
     )
 
 

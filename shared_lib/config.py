@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]")
     s3_bucket: str | None = None
     s3_endpoint: str | None = None
-    api_keys: str | None = Field(None, description="key=scope+scope;key2=admin")
+    api_keys: str | None = Field(None, description="key=scope,scope;key2=admin")
     api_keys_file: Path | None = None
     auth_disabled: bool = False
     secrets_dir: Path = Path(DEFAULT_SECRETS_DIR)

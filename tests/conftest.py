@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from shared_lib.adapters import schema
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.sql import SqlTransactions, make_engine
+from shared_lib.devstack.broker import BrokerError, EmbeddedBroker
 from shared_lib.domain.model import utcnow
 from tests.support import wait_until
 
@@ -206,3 +207,21 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def start_broker(log_dir: Path, **options: object) -> EmbeddedBroker:
+    """The embedded Kafka-compatible broker (required in CI)."""
+    try:
+        return EmbeddedBroker(log_dir, **options).start()  # type: ignore[arg-type]
+    except BrokerError as exc:
+        service_missing("the embedded Kafka-compatible broker", exc)
+        raise
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    started = start_broker(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield started
+    finally:
+        started.stop(graceful=False)

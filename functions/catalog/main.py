@@ -80,7 +80,8 @@ app = FunctionApp(
             "/products",
             list_products,
             "stock:read",
-            "Products by sku, in pages (?limit=1..1000&cursor=)",
+            "Products by sku, in pages",
+            query=("limit", "cursor"),
         ),
         Route(
             "PUT",
@@ -106,7 +107,8 @@ app = FunctionApp(
             "/warehouses",
             list_warehouses,
             "stock:read",
-            "Warehouses by code, in pages (?limit=1..1000&cursor=)",
+            "Warehouses by code, in pages",
+            query=("limit", "cursor"),
         ),
         Route(
             "PUT",

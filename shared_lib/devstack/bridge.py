@@ -21,7 +21,6 @@ If even the dead-letter publish fails, the record is not skipped: it is tried ag
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import logging
@@ -32,7 +31,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +42,7 @@ from shared_lib.adapters.kafka import (
     new_consumer,
     to_record,
 )
+from shared_lib.domain import events
 from shared_lib.topics import DEAD_LETTER
 
 if TYPE_CHECKING:
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 
 CE_TYPE = "dev.knative.kafka.event"
 RETRYABLE_STATUSES = frozenset({408, 429})
-MAX_REASON_CHARS = 2000
 MAX_BODY_READ = 64 * 1024
 
 
@@ -121,22 +119,17 @@ def cloudevent_request(record: Record) -> tuple[bytes, dict[str, str]]:
 
 
 def dead_letter_doc(record: Record, *, status: int, reason: str, **extra: Any) -> dict[str, Any]:
-    """The JSON object put on the dead-letter topic; ``status`` is 0 when no HTTP answer came."""
-    doc: dict[str, Any] = {
-        "reason": reason[:MAX_REASON_CHARS],
-        "status": status,
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
-    }
-    try:
-        doc["payload"] = record.value.decode("utf-8")
-    except UnicodeDecodeError:
-        doc["payload_base64"] = base64.b64encode(record.value).decode("ascii")
-    doc["failed_at"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    doc.update(extra)
-    return doc
+    """The JSON object put on the dead-letter topic; ``status`` is null when no answer came."""
+    return events.dead_letter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+        payload=record.value,
+        status=status,
+        reason=reason,
+        **extra,
+    )
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

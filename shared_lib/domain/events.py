@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from shared_lib.domain.model import Level, Movement, Order
@@ -73,3 +74,36 @@ def order_data(order: Order) -> dict[str, Any]:
         data["customer"] = order.customer
         data["hold_until"] = order.as_dict()["hold_until"]
     return data
+
+
+MAX_REASON_CHARS = 2000
+
+
+def dead_letter(
+    *,
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    key: str | None,
+    payload: bytes,
+    status: int | None,
+    reason: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON object put on psi.dead-letter: where the message came from, why it failed,
+    and the original bytes (as text when they are UTF-8, else base64)."""
+    doc: dict[str, Any] = {
+        "reason": reason[:MAX_REASON_CHARS] or "rejected",
+        "status": status or None,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": key,
+    }
+    try:
+        doc["payload"] = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        doc["payload_base64"] = base64.b64encode(payload).decode("ascii")
+    doc["failed_at"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    doc.update(extra)
+    return doc

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from shared_lib.domain.errors import InvalidOrderState, InvalidRequest
 
-CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 SKU_MAX = 64
 WAREHOUSE_MAX = 32
 ORDER_ID_MAX = 64
@@ -32,7 +32,7 @@ def check_code(field_name: str, value: Any, max_len: int) -> str:
         raise InvalidRequest(field_name, "must be a non-empty string")
     if len(value) > max_len or not CODE_PATTERN.fullmatch(value):
         raise InvalidRequest(
-            field_name, f"must be 1..{max_len} characters of letters, digits and ._:/-"
+            field_name, f"must be 1..{max_len} characters of letters, digits and . _ : -"
         )
     return value
 

@@ -39,6 +39,19 @@ from shared_lib.services.guard import Outcome
 log = logs.get_logger(__name__)
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
 HEALTH_PATHS = ("/health/live", "/health/ready", "/_/health", "/_/ready")
+RAW_BODY = "psi.raw_body"
+
+
+def is_connector_delivery(request: flask.Request) -> bool:
+    """OpenFaaS kafka-connector posts the raw record with X-Topic and no CloudEvent headers;
+    nobody else parks what the function refuses, so the function does (KafkaSource has its
+    own dead-letter sink)."""
+    return bool(request.headers.get("X-Topic")) and not request.headers.get("ce-id")
+
+
+def _int_header(request: flask.Request, name: str) -> int | None:
+    value = request.headers.get(name, "")
+    return int(value) if value.isdigit() else None
 
 
 @dataclass
@@ -80,6 +93,7 @@ class Route:
     topic: str | None = None
     also_topics: tuple[str, ...] = ()
     key_required: bool = True
+    query: tuple[str, ...] = ()
     responses: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -171,6 +185,8 @@ class FunctionApp:
         except Exception:
             log.exception("unhandled error", method=request.method, path=request.path)
             reply = Reply(500, {"error": "internal", "message": "unexpected server error"})
+        if 400 <= reply.status < 500 and is_connector_delivery(request):
+            self._dead_letter(request, reply)
         elapsed = time.perf_counter() - started
         metrics.REQUESTS.labels(self.name, route_label, str(reply.status)).inc()
         metrics.LATENCY.labels(self.name, route_label).observe(elapsed)
@@ -277,11 +293,39 @@ class FunctionApp:
         if kick is not None:
             kick()
 
+    def _dead_letter(self, request: flask.Request, reply: Reply) -> None:
+        from shared_lib.domain.events import dead_letter
+        from shared_lib.topics import DEAD_LETTER
+
+        reason = json.dumps(reply.body) if isinstance(reply.body, dict) else str(reply.body)
+        document = dead_letter(
+            topic=request.headers["X-Topic"],
+            partition=_int_header(request, "X-Kafka-Partition"),
+            offset=_int_header(request, "X-Kafka-Offset"),
+            key=request.headers.get("X-Kafka-Key"),
+            payload=request.environ.get(RAW_BODY, b""),
+            status=reply.status,
+            reason=reason,
+            function=self.name,
+        )
+        publisher = self.platform.publisher
+        metrics.DEAD_LETTERS.inc()
+        if publisher is None:
+            log.warning("dead letter (no Kafka configured)", dead_letter=document)
+            return
+        try:
+            publisher.publish(
+                DEAD_LETTER, document["key"] or "", json.dumps(document).encode(), None
+            )
+        except Exception as exc:
+            log.error("dead letter not published", error=str(exc), dead_letter=document)
+
     def _read_json(self, request: flask.Request) -> Any:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise HttpError(413, {"error": "body_too_large", "limit_bytes": limit})
         raw = request.stream.read(limit + 1)
+        request.environ[RAW_BODY] = raw
         if len(raw) > limit:
             raise HttpError(413, {"error": "body_too_large", "limit_bytes": limit})
         if not raw.strip():

@@ -42,6 +42,12 @@ LEVEL_SCHEMA = {
         "available": {"type": "integer", "minimum": 0},
     },
 }
+QUERY = {
+    "warehouse": ({"type": "string", "maxLength": 32}, "Only this warehouse"),
+    "sku": ({"type": "string", "maxLength": 64}, "Only this sku"),
+    "limit": ({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Page size"),
+    "cursor": ({"type": "string"}, "Opaque cursor from the previous page's next_cursor"),
+}
 STANDARD = {
     400: "Malformed request (bad JSON, missing Idempotency-Key, unexpected topic)",
     401: "Missing or unknown API key",
@@ -75,7 +81,7 @@ def document(app: FunctionApp) -> dict[str, Any]:
     for route in app.routes:
         operation: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": re.sub(r"\W+", "_", f"{route.method}_{route.path}").strip("_").lower(),
+            "operationId": re.sub(r"\W+", "_", f"{route.method} {route.path}").strip("_").lower(),
             "security": [{"bearer": [route.scope]}],
             "parameters": [
                 {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -83,6 +89,17 @@ def document(app: FunctionApp) -> dict[str, Any]:
             ],
             "responses": {},
         }
+        for name in route.query:
+            schema, text = QUERY[name]
+            operation["parameters"].append(
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "schema": schema,
+                    "description": text,
+                }
+            )
         if route.mutation:
             operation["parameters"].append(
                 {
@@ -108,7 +125,7 @@ def document(app: FunctionApp) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
         for status, text in STANDARD.items():
-            if status in (400, 413, 422) and not route.mutation:
+            if status in (400, 413) and not route.mutation:
                 continue
             operation["responses"][str(status)] = {
                 "description": route.responses.get(status, text),

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from shared_lib.domain import model as m
 
-_CODE = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+_CODE = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 Sku = Annotated[str, Field(min_length=1, max_length=m.SKU_MAX, pattern=_CODE, examples=["SKU-1"])]
 WarehouseCode = Annotated[
     str, Field(min_length=1, max_length=m.WAREHOUSE_MAX, pattern=_CODE, examples=["MAIN"])

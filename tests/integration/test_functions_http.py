@@ -749,3 +749,40 @@ def test_read_functions_are_ready_without_redis(api: Api) -> None:
         ready = ok(api.get(function, "/health/ready"))
         assert ready["status"] == "ready" and ready["database"] == "ok"
         assert "redis" not in ready
+
+
+def test_a_kafka_connector_delivery_that_is_refused_is_parked_in_the_dead_letter_topic(
+    boot: Boot, broker
+) -> None:
+    from shared_lib.adapters.kafka import read_topic
+    from shared_lib.events_schema import validate_event
+
+    api = boot(PSI_KAFKA_BOOTSTRAP=broker.bootstrap)
+    catalog(api, {"A": 0})
+    offset = uuid.uuid4().int % 10**9  # the broker is shared by the module's tests
+    connector = {
+        "X-Topic": topics.STOCK_IN_REQUESTED,
+        "X-Kafka-Partition": "2",
+        "X-Kafka-Offset": str(offset),
+    }
+    poison = b'{"warehouse": "MAIN", "lines": [{"sku": "A", "qty": -1}]}'
+    refused(api.post("stock_in", "/", data=poison, headers=connector), 422, "invalid_request")
+    refused(api.post("stock_in", "/", data=b"\xff\xfe", headers=connector), 400, "invalid_json")
+
+    def ours(records: list) -> list[dict]:
+        docs = [json.loads(r.value) for r in records]
+        return [d for d in docs if d["offset"] == offset]
+
+    letters = read_topic(
+        broker.bootstrap, topics.DEAD_LETTER, until=lambda rs: len(ours(rs)) >= 2, timeout=20
+    )
+    docs = ours(letters)
+    assert len(docs) == 2
+    for doc in docs:
+        validate_event(topics.DEAD_LETTER, doc)
+        assert doc["topic"] == topics.STOCK_IN_REQUESTED and doc["function"] == "stock-in"
+    assert docs[0]["payload"] == poison.decode() and docs[0]["status"] == 422
+    assert docs[0]["partition"] == 2
+    assert "lines[0].qty" in docs[0]["reason"]
+    assert docs[1]["payload_base64"] == "//4="
+    assert api.levels() == {}

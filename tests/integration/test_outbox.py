@@ -4,7 +4,6 @@ id order, one relay per database, backoff after a failure, recovery when the bro
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -28,12 +27,12 @@ from shared_lib.adapters.kafka import (
 )
 from shared_lib.adapters.outbox import BackgroundRelay, OutboxRelay
 from shared_lib.adapters.sql import SqlStore, SqlTransactions, make_engine
-from shared_lib.devstack.broker import BrokerError, EmbeddedBroker
+from shared_lib.devstack.broker import EmbeddedBroker
 from shared_lib.domain import events
 from shared_lib.domain.model import Line, ReceiveStock, RequestMeta, utcnow
 from shared_lib.events_schema import validate_event
 from shared_lib.services import Deps, receive_stock
-from tests.conftest import seed_catalog
+from tests.conftest import seed_catalog, start_broker
 from tests.support import wait_until
 
 pytestmark = [
@@ -44,24 +43,6 @@ pytestmark = [
 ]
 
 CLOUDEVENTS = b"application/cloudevents+json"
-
-
-def start_broker(log_dir: Path) -> EmbeddedBroker:
-    try:
-        return EmbeddedBroker(log_dir).start()
-    except BrokerError as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"embedded Kafka broker must start in CI: {exc}", pytrace=False)
-        pytest.skip(f"embedded Kafka broker unavailable: {exc}")
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    started = start_broker(tmp_path_factory.mktemp("kafka"))
-    try:
-        yield started
-    finally:
-        started.stop(graceful=False)
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ VALID: list[tuple[str, str, Mutation]] = [
         "psi.stock.changed",
         "sku with separators",
         combined(
-            setting("subject", "acme:EU/tee-42.L_x"), setting("data.sku", "acme:EU/tee-42.L_x")
+            setting("subject", "acme:EU-tee-42.L_x"), setting("data.sku", "acme:EU-tee-42.L_x")
         ),
     ),
     ("psi.stock.changed", "64-char sku", lambda d: d["data"].update(sku="S" * 64)),

