@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared_lib import logs
 from shared_lib.bootstrap import Platform, get_platform
-from shared_lib.config import Settings, get_settings
+from shared_lib.config import ConfigError, Settings, get_settings
 from shared_lib.domain.errors import (
     Conflict,
     InsufficientStock,
@@ -150,9 +151,14 @@ class FunctionApp:
         self.routes = routes
         self.description = description
         self.needs_redis = needs_redis
-        self.settings = settings or get_settings()
+        try:
+            self.settings = settings or get_settings()
+            self.auth = Authenticator.from_settings(self.settings)
+        except ConfigError as exc:
+            # one clear line, then stop: the platform shows it as the reason the start failed
+            print(f"psi {name}: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         logs.configure(self.settings.log_level)
-        self.auth = Authenticator.from_settings(self.settings)
         self._platform: Platform | None = None
 
     @property
