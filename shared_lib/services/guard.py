@@ -39,6 +39,7 @@ from shared_lib.domain.model import (
     Command,
     Level,
     Line,
+    Product,
     RequestMeta,
     crosses_reorder_point,
     holds_of,
@@ -210,18 +211,31 @@ def _settle(
         deps.gate.settle(warehouse, req, group, fingerprint=fingerprint)
 
 
-def apply_changes(
-    store: StockStore, changes: Sequence[Change], note: MovementNote, source: str
-) -> list[Level]:
-    """Apply planned changes in lock order; all succeed or the transaction is abandoned."""
-    ordered = sorted(changes, key=lambda c: (c.warehouse, c.sku, c.movement.value))
-    for warehouse in sorted({c.warehouse for c in ordered}):
+def check_catalog(store: StockStore, changes: Sequence[Change]) -> dict[str, Product]:
+    """Every warehouse and product the changes name exists; their products by sku."""
+    for warehouse in sorted({c.warehouse for c in changes}):
         if store.warehouse(warehouse) is None:
             raise UnknownWarehouse(warehouse)
-    products = store.products({c.sku for c in ordered})
-    for change in ordered:
+    products = store.products({c.sku for c in changes})
+    for change in changes:
         if change.sku not in products:
             raise UnknownSku(change.sku)
+    return products
+
+
+def apply_changes(
+    store: StockStore,
+    changes: Sequence[Change],
+    note: MovementNote,
+    source: str,
+    *,
+    products: dict[str, Product] | None = None,
+) -> list[Level]:
+    """Apply planned changes in lock order; all succeed or the transaction is abandoned.
+    `products`: the catalog already checked by the caller (check_catalog)."""
+    ordered = sorted(changes, key=lambda c: (c.warehouse, c.sku, c.movement.value))
+    if products is None:
+        products = check_catalog(store, ordered)
     shortfalls: dict[str, list[Shortfall]] = {}
     levels: list[Level] = []
     for change in ordered:

@@ -20,7 +20,14 @@ from shared_lib.domain.model import (
     ShipOrder,
     holds_of,
 )
-from shared_lib.services.guard import Deps, Outcome, apply_changes, guarded_write, levels_body
+from shared_lib.services.guard import (
+    Deps,
+    Outcome,
+    apply_changes,
+    check_catalog,
+    guarded_write,
+    levels_body,
+)
 from shared_lib.services.ports import MovementNote, StockStore
 
 _EVENT = {
@@ -57,7 +64,8 @@ def place_order(deps: Deps, command: PlaceOrder, meta: RequestMeta) -> Outcome:
     def work(store: StockStore) -> tuple[dict[str, Any], list[Level]]:
         if store.order(command.order_id) is not None:
             raise OrderExists(command.order_id)
-        levels = apply_changes(store, changes, note, deps.source)
+        products = check_catalog(store, changes)
+        # the balance rows are the contended ones: lock them last, hold them shortest
         store.add_order(order, now)
         store.add_event(
             topics.ORDER_CREATED,
@@ -66,6 +74,7 @@ def place_order(deps: Deps, command: PlaceOrder, meta: RequestMeta) -> Outcome:
                 topics.ORDER_CREATED, deps.source, order.order_id, events.order_data(order), now
             ),
         )
+        levels = apply_changes(store, changes, note, deps.source, products=products)
         return _order_body(order, levels), levels
 
     return guarded_write(deps, command, meta, work, holds=holds_of(changes))
@@ -89,7 +98,6 @@ def _close(
             return _order_body(order, []), []
         closed = order.moved_to(status)
         note = MovementNote(meta, now, status.value, reference, order.order_id)
-        levels = apply_changes(store, order.changes(_MOVEMENT[status]), note, deps.source)
         store.set_order_status(order.order_id, status, now)
         store.add_event(
             _EVENT[status],
@@ -98,6 +106,7 @@ def _close(
                 _EVENT[status], deps.source, order.order_id, events.order_data(closed), now
             ),
         )
+        levels = apply_changes(store, order.changes(_MOVEMENT[status]), note, deps.source)
         return _order_body(closed, levels), levels
 
     return guarded_write(deps, command, meta, work)
