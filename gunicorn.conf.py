@@ -41,6 +41,26 @@ errorlog = "-"
 accesslog = None
 
 
+def on_starting(server: Any) -> None:
+    """Several workers share one /metrics: prometheus-client's multiprocess mode adds them
+    up (the workers inherit the variable). Start with an empty directory: files of an
+    earlier run would be added in."""
+    if workers > 1 and worker_tmp_dir and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(worker_tmp_dir, "psi-metrics")
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            os.remove(os.path.join(directory, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
 def load_shutdown_hook(spec: str) -> Callable[[], Any]:
     """Resolve "package.module:function"; ImportError/AttributeError if it is not there."""
     module_name, _, attribute = spec.partition(":")

@@ -42,12 +42,22 @@ class Platform:
         repair: bool = True,
         on_progress: Callable[[int, int | None], None] | None = None,
     ) -> dict[str, Any]:
-        """The reconcile use case wired to this process's stores."""
+        """The reconcile use case wired to this process's stores; counts the drift of runs
+        that scanned (the stored answer of a finished run key is not counted again)."""
         from shared_lib.adapters.reports import reports_from_settings
         from shared_lib.adapters.sql_reconcile import SqlReconcileStore
+        from shared_lib.http import metrics
         from shared_lib.services.reconcile import reconcile
 
-        return reconcile(
+        scanned = False
+
+        def progress(done: int, total: int | None) -> None:
+            nonlocal scanned
+            scanned = True
+            if on_progress is not None:
+                on_progress(done, total)
+
+        result = reconcile(
             self.deps,
             SqlReconcileStore(self.engine),
             self.gate,
@@ -55,8 +65,11 @@ class Platform:
             run_key=run_key,
             repair=repair,
             redrive=self.relay.drain if self.relay else None,
-            on_progress=on_progress,
+            on_progress=progress,
         )
+        if scanned:
+            metrics.observe_reconcile(result)
+        return result
 
     def kick_relay(self) -> None:
         """Publish what the last commit wrote to the outbox, without making the caller wait."""

@@ -5,13 +5,17 @@
     psi seed --demo                          warehouses MAIN, EAST and a few products
     psi stock show SKU [--warehouse W]       database levels next to the Redis gate's view
     psi cache rebuild                        reload the Redis gate from the database
+    psi reconcile [--no-repair] [--run-key K] reconcile now (progress on stderr, JSON result)
+    psi outbox status                        unpublished events: count, lag, failures
+    psi outbox redrive                       publish pending events now (PSI_KAFKA_BOOTSTRAP)
+    psi dlq replay [--limit N] [--dry-run] [--topic-filter T]
+                                             dead letters back to their original topic
 
 Settings come from the PSI_* environment (``shared_lib.config``), as for the functions.
 Exit codes: 0 done, 1 runtime failure (unreachable store, unknown SKU), 2 bad usage or
 configuration. Errors are one line on stderr.
 
-Adding a command (``psi reconcile``, ``psi outbox redrive``, ``psi dlq replay`` are
-expected next): write ``run(args) -> int`` and register it with
+Adding a command: write ``run(args) -> int`` and register it with
 ``@command("outbox", "redrive", help=..., arguments=lambda p: p.add_argument(...))``;
 groups such as ``outbox`` are created on first use, and ``main`` maps errors for it.
 """
@@ -19,13 +23,18 @@ groups such as ``outbox`` are created on first use, and ``main`` maps errors for
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import json
 import logging
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 import sqlalchemy as sa
@@ -388,6 +397,440 @@ def run_cache_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- psi reconcile ----------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A plain text bar on stderr: redrawn in place on a terminal, one line per tenth
+    elsewhere (CI logs, pipes)."""
+
+    def __init__(self, label: str, stream: Any = None, width: int = 30) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._step: int | None = None
+        self._drawn = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total:
+            percent = min(100, done * 100 // total)
+            filled = self.width * percent // 100
+            bar = "#" * filled + "." * (self.width - filled)
+            text, step = f"{self.label} [{bar}] {percent:3d}% {done}/{total}", percent // 10
+        else:
+            text, step = f"{self.label} {done} checked", done
+        if self.tty:
+            self.stream.write("\r" + text)
+        elif step != self._step:
+            self.stream.write(text + "\n")
+        self._step, self._drawn = step, True
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-repair",
+        dest="repair",
+        action="store_false",
+        help="report drift without repairing the Redis gate",
+    )
+    parser.add_argument(
+        "--run-key",
+        default=None,
+        metavar="K",
+        help="one effective run per key: the same key answers the first run's result "
+        "(default: a new key per invocation)",
+    )
+
+
+def platform_for_cli(config: Settings) -> Any:
+    """The functions' composition root, on the Redis a running ``psi dev`` uses."""
+    from shared_lib import bootstrap
+
+    overrides: dict[str, Any] = {}
+    if config.redis_enabled:
+        overrides["redis_url"] = redis_url(config)
+    return bootstrap.build(load_settings(**overrides), source="/psi/cli")
+
+
+@command(
+    "reconcile",
+    help="compare Redis, MySQL and the ledger now; repair gate drift; print the result JSON",
+    arguments=_reconcile_arguments,
+)
+def run_reconcile(args: argparse.Namespace) -> int:
+    from shared_lib.domain.errors import PsiError, RequestInProgress, StoreUnavailable
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_key = args.run_key or f"cli-{stamp}-{uuid.uuid4().hex[:6]}"
+    platform = platform_for_cli(settings())
+    bar = ProgressBar(f"reconcile {run_key}")
+    try:
+        result = platform.reconcile(run_key, repair=args.repair, on_progress=bar)
+    except StoreUnavailable:
+        raise
+    except RequestInProgress:
+        raise CommandError(f"reconcile {run_key}: another run of this key is in progress") from None
+    except PsiError as exc:
+        raise CommandError(f"reconcile {run_key}: {exc.message}") from None
+    finally:
+        bar.finish()
+        platform.close()
+    print(json.dumps(result, indent=2))
+    unrepaired = result["drift_found"] - result["drift_repaired"]
+    if unrepaired:
+        print(
+            f"psi: {unrepaired} drift rows not repaired; see {result['report_uri'] or 'the logs'}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# -- psi outbox status / redrive --------------------------------------------------------
+
+
+def kafka_bootstrap(config: Settings, what: str) -> str:
+    if not config.kafka_bootstrap:
+        raise ConfigError(
+            f"PSI_KAFKA_BOOTSTRAP is not set: {what} needs the Kafka bootstrap servers"
+        )
+    return config.kafka_bootstrap
+
+
+def outbox_summary(engine: Engine) -> dict[str, Any]:
+    """Pending rows: how many, how old the oldest, per topic, and the oldest failure."""
+    from shared_lib.adapters import sql_tables as t
+    from shared_lib.adapters.outbox import OutboxRelay
+
+    o = t.outbox
+    relay = OutboxRelay(engine, None)
+    pending = o.c.published_at.is_(None)
+    with engine.connect() as conn:
+        topics = dict(
+            conn.execute(
+                sa.select(o.c.topic, sa.func.count()).where(pending).group_by(o.c.topic)
+            ).all()
+        )
+        failing = conn.execute(
+            sa.select(o.c.id, o.c.attempts, o.c.next_attempt_at, o.c.last_error)
+            .where(pending, o.c.attempts > 0)
+            .order_by(o.c.id)
+            .limit(1)
+        ).first()
+        failing_count = conn.execute(
+            sa.select(sa.func.count()).select_from(o).where(pending, o.c.attempts > 0)
+        ).scalar_one()
+    return {
+        "pending": relay.pending_count(),
+        "lag_seconds": round(relay.lag_seconds(), 3),
+        "by_topic": {topic: int(n) for topic, n in sorted(topics.items())},
+        "failing": int(failing_count),
+        "oldest_failure": None
+        if failing is None
+        else {
+            "id": int(failing.id),
+            "attempts": int(failing.attempts),
+            "next_attempt_at": failing.next_attempt_at.isoformat()
+            if failing.next_attempt_at
+            else None,
+            "last_error": failing.last_error,
+        },
+    }
+
+
+def print_outbox(summary: dict[str, Any], config: Settings) -> None:
+    print(f"pending      {summary['pending']}")
+    print(f"lag_seconds  {summary['lag_seconds']}")
+    for topic, count in summary["by_topic"].items():
+        print(f"  {topic:<28} {count}")
+    failure = summary["oldest_failure"]
+    if failure is not None:
+        print(
+            f"failing      {summary['failing']} (oldest: id {failure['id']}, "
+            f"{failure['attempts']} attempts, next at {failure['next_attempt_at']}, "
+            f"{failure['last_error']})"
+        )
+    kafka = config.kafka_bootstrap or "not configured: events stay in the outbox"
+    print(f"kafka        {kafka}")
+
+
+@command("outbox", "status", help="unpublished outbox events: count, lag, failures")
+def run_outbox_status(args: argparse.Namespace) -> int:
+    config = settings()
+    engine = database_engine(config)
+    try:
+        summary = outbox_summary(engine)
+    finally:
+        engine.dispose()
+    print_outbox(summary, config)
+    return 0
+
+
+@command(
+    "outbox",
+    "redrive",
+    help="publish every pending outbox event now (also those waiting out a backoff)",
+)
+def run_outbox_redrive(args: argparse.Namespace) -> int:
+    from shared_lib.adapters import sql_tables as t
+    from shared_lib.adapters.kafka import KafkaEventPublisher
+    from shared_lib.adapters.outbox import OutboxRelay
+
+    config = settings()
+    bootstrap = kafka_bootstrap(config, "psi outbox redrive")
+    engine = database_engine(config)
+    publisher = KafkaEventPublisher(bootstrap, client_id="psi-cli")
+    try:
+        o = t.outbox
+        with engine.begin() as conn:
+            # an operator asking for "now" overrides the backoff of failed rows
+            conn.execute(
+                sa.update(o)
+                .where(o.c.published_at.is_(None), o.c.next_attempt_at.is_not(None))
+                .values(next_attempt_at=None)
+            )
+        sent = OutboxRelay(engine, publisher).drain()
+        summary = outbox_summary(engine)
+    finally:
+        publisher.close(timeout=2.0)
+        engine.dispose()
+    print(f"published    {sent}")
+    print_outbox(summary, config)
+    failure = summary["oldest_failure"]
+    if summary["pending"] and failure is not None and failure["next_attempt_at"] is not None:
+        raise CommandError(
+            f"{summary['pending']} events still pending: publishing failed: {failure['last_error']}"
+        )
+    return 0
+
+
+# -- psi dlq replay ---------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
+    return int(text)
+
+
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limit", type=_positive, default=None, metavar="N", help="replay at most N"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would be replayed, publish nothing"
+    )
+    parser.add_argument(
+        "--topic-filter",
+        default=None,
+        metavar="T",
+        help="only letters whose original topic matches T (a name or a glob: 'psi.stock-*')",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to read the dead-letter topic (default 30)",
+    )
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A dead letter's way back: where it came from and the bytes that were refused."""
+
+    partition: int
+    offset: int
+    topic: str
+    key: str | None
+    payload: bytes
+    reason: str
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def event_id(self) -> str | None:
+        for name, raw in self.headers:
+            if name == "ce_id":
+                return raw.decode("utf-8", "replace")
+        try:
+            document = json.loads(self.payload)
+        except ValueError:
+            return None
+        return document.get("id") if isinstance(document, dict) else None
+
+
+def knative_letter(record: Any) -> Letter | str:
+    """A letter of a KafkaSource's deadLetterSink (binary mode): the original value, its
+    CloudEvent attributes in ce_ headers, the source naming the topic after '#'."""
+    headers = {name: raw.decode("utf-8", "replace") for name, raw in record.headers}
+    source = headers.get("ce_source", "")
+    if "#" not in source:
+        return f"CloudEvent from {source or 'an unknown source'}: original topic unknown"
+    kept = tuple(
+        (name, raw)
+        for name, raw in record.headers
+        if name == "content-type" or (name.startswith("ce_") and "knativeerror" not in name)
+    )
+    reason = " ".join(
+        headers[name] for name in ("ce_knativeerrorcode", "ce_knativeerrordest") if name in headers
+    )
+    return Letter(
+        record.partition,
+        record.offset,
+        source.rsplit("#", 1)[1],
+        record.key.decode("utf-8", "replace") if record.key is not None else None,
+        record.value,
+        reason[:120],
+        kept,
+    )
+
+
+def parse_letter(record: Any) -> Letter | str:
+    """The letter of a ``psi.dead-letter`` record, or why it cannot be replayed."""
+    from shared_lib.topics import DEAD_LETTER
+
+    if any(name in ("ce_id", "ce_specversion") for name, _ in record.headers):
+        letter = knative_letter(record)
+        if isinstance(letter, Letter) and letter.topic == DEAD_LETTER:
+            return f"original topic {DEAD_LETTER!r} cannot be replayed"
+        return letter
+    try:
+        document = json.loads(record.value)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(document, dict) or not isinstance(document.get("topic"), str):
+        return "no original topic"
+    if document["topic"] in ("", DEAD_LETTER):
+        return f"original topic {document['topic']!r} cannot be replayed"
+    if isinstance(document.get("payload"), str):
+        payload = document["payload"].encode("utf-8")
+    elif isinstance(document.get("payload_base64"), str):
+        try:
+            payload = base64.b64decode(document["payload_base64"], validate=True)
+        except binascii.Error:
+            return "payload_base64 is not base64"
+    else:
+        return "no payload"
+    key = document.get("key")
+    return Letter(
+        record.partition,
+        record.offset,
+        document["topic"],
+        key if isinstance(key, str) else None,
+        payload,
+        str(document.get("reason", ""))[:120],
+    )
+
+
+def topic_end_offsets(bootstrap: str, topic: str, timeout: float) -> dict[int, int]:
+    """The next offset of every partition of ``topic`` ({} when it does not exist)."""
+    from kafka import TopicPartition
+    from kafka.errors import KafkaError
+
+    from shared_lib.adapters.kafka import KafkaUnavailableError, new_consumer
+
+    consumer = new_consumer(bootstrap, timeout=timeout)
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return {}
+        ends = consumer.end_offsets(
+            [TopicPartition(topic, p) for p in sorted(partitions)],
+            timeout_ms=int(timeout * 1000),
+        )
+    except KafkaError as exc:
+        raise KafkaUnavailableError(f"cannot read the offsets of {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+    return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+
+@command(
+    "dlq",
+    "replay",
+    help="re-publish dead letters to their original topic (deliveries are idempotent)",
+    arguments=_replay_arguments,
+)
+def run_dlq_replay(args: argparse.Namespace) -> int:
+    from shared_lib.adapters.kafka import KafkaEventPublisher, PublishError, read_topic
+    from shared_lib.topics import DEAD_LETTER
+
+    bootstrap = kafka_bootstrap(settings(), "psi dlq replay")
+    ends = topic_end_offsets(bootstrap, DEAD_LETTER, args.timeout)
+    wanted = {p: end for p, end in ends.items() if end > 0}
+
+    def matches(letter: Letter | str) -> bool:
+        return isinstance(letter, Letter) and (
+            args.topic_filter is None or fnmatchcase(letter.topic, args.topic_filter)
+        )
+
+    last: dict[int, int] = {}
+    parsed: list[Letter | str] = []
+
+    def complete() -> bool:
+        return all(last.get(p, -1) >= end - 1 for p, end in wanted.items())
+
+    def done(records: list[Any]) -> bool:
+        for record in records[len(parsed) :]:  # each record is looked at once
+            last[record.partition] = max(record.offset, last.get(record.partition, -1))
+            parsed.append(parse_letter(record))
+        chosen = sum(map(matches, parsed)) if args.limit is not None else 0
+        return complete() or (args.limit is not None and chosen >= args.limit)
+
+    records = read_topic(bootstrap, DEAD_LETTER, until=done, timeout=args.timeout) if wanted else []
+    done(records)
+    letters: list[Letter] = []
+    skipped = 0
+    for record, letter in sorted(
+        zip(records, parsed, strict=True), key=lambda pair: (pair[0].partition, pair[0].offset)
+    ):
+        if isinstance(letter, str):
+            skipped += 1
+            print(f"skipped  {record.partition}:{record.offset}  {letter}", file=sys.stderr)
+        elif matches(letter) and (args.limit is None or len(letters) < args.limit):
+            letters.append(letter)
+    if not complete() and (args.limit is None or len(letters) < args.limit):
+        print(
+            f"psi: read {len(records)} dead letters before the {args.timeout:g}s timeout; "
+            "run again (or raise --timeout) for the rest",
+            file=sys.stderr,
+        )
+    verb = "would replay" if args.dry_run else "replayed"
+    publisher = None if args.dry_run else KafkaEventPublisher(bootstrap, client_id="psi-cli")
+    replayed = 0
+    try:
+        for letter in letters:
+            if publisher is not None:
+                origin = f"{DEAD_LETTER}:{letter.partition}:{letter.offset}".encode()
+                try:
+                    publisher.publish(
+                        letter.topic,
+                        letter.key or "",
+                        letter.payload,
+                        [*letter.headers, ("psi_replayed_from", origin)],
+                    )
+                except PublishError as exc:
+                    raise CommandError(
+                        f"replay stopped after {replayed}: {letter.topic}: {exc}"
+                    ) from None
+            replayed += 1
+            print(
+                f"{verb}  {letter.partition}:{letter.offset} -> {letter.topic}  "
+                f"key={letter.key or '-'}  event={letter.event_id or '-'}  ({letter.reason})"
+            )
+    finally:
+        if publisher is not None:
+            publisher.close(timeout=2.0)
+    print(f"{verb} {replayed} of {len(records)} dead letters ({skipped} unreadable)")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------
 
 
@@ -398,7 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[tuple[str, ...], Any] = {(): top}
-    for cmd in COMMANDS:
+    latest = {cmd.path: cmd for cmd in COMMANDS}  # registering a path again replaces it
+    for cmd in latest.values():
         for depth in range(1, len(cmd.path)):
             prefix = cmd.path[:depth]
             if prefix not in groups:
@@ -414,13 +858,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: bool) -> None:
     root = logging.getLogger()
-    if any(h.get_name() == "psi-cli" for h in root.handlers):
-        return  # main() called again in one process (tests)
+    for existing in root.handlers:
+        if existing.get_name() == "psi-cli" and isinstance(existing, logging.StreamHandler):
+            # main() called again in one process (tests): follow the current stderr
+            existing.stream = sys.stderr
+            return
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name("psi-cli")
     # on the handler, not only the root: loggers set to INFO (bridge) must not reach stderr
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
     handler.setFormatter(logging.Formatter("psi: %(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        # kafka-python logs every refused connection; the command's own error line says it
+        handler.addFilter(lambda record: not record.name.startswith("kafka."))
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
 

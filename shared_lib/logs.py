@@ -23,12 +23,21 @@ def mask(text: str) -> str:
     return BEARER.sub(r"\1***", text)
 
 
+def _clean(key: str, value: Any) -> Any:
+    if SECRET_FIELDS.search(key):
+        return "***"
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _clean(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(key, v) for v in value]
+    return value
+
+
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
-        if SECRET_FIELDS.search(key):
-            event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = mask(value)
+        event[key] = _clean(key, value)
     return event
 
 

@@ -77,8 +77,10 @@ def start_once(source: str) -> dict[str, Any]:
     """Seconds from spawning the server to its first 200 on /health/live."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="psi-bench-cold-") as data_dir:
+        # a clean start, like a new container: none of this process's PSI_* settings
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
         env = {
-            **os.environ,
+            **inherited,
             "PSI_AUTH_DISABLED": "true",
             "PSI_DATA_DIR": data_dir,
             "PYTHONUNBUFFERED": "1",

@@ -16,6 +16,7 @@ available in the gate = oh - rs - hd.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,7 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,13 +36,29 @@ from shared_lib.services.ports import GateAnswer, HoldResult
 
 log = logging.getLogger(__name__)
 LUA = Path(__file__).resolve().parent / "lua"
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError)
+# errors after which the gate cannot take writes: requests go to degraded mode
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    OSError,
+)
 LOAD_BATCH = 500
 
+# a missing generation never matches: it was flushed (or the server restarted) after the
+# rebuild read it, so levels the rebuild loaded before that are gone
 _MARK_READY = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
 return 1
+"""
+# the generation, created when missing with a random start: a rebuild that began before a
+# flush can never mistake the generation a later rebuild re-creates for its own
+_GENERATION = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
 """
 _INVALIDATE = """
 local g = redis.call('INCR', KEYS[1])
@@ -127,6 +144,7 @@ class RedisGate:
         self._cancel = client.register_script((LUA / "cancel_hold.lua").read_text())
         self._repair = client.register_script((LUA / "repair.lua").read_text())
         self._mark_ready = client.register_script(_MARK_READY)
+        self._generation = client.register_script(_GENERATION)
         self._invalidate = client.register_script(_INVALIDATE)
 
     # -- keys
@@ -248,7 +266,9 @@ class RedisGate:
         return bool(self.client.exists(f"{self.tag(warehouse)}:ready"))
 
     def generation(self, warehouse: str) -> str:
-        return _text(self.client.get(f"{self.tag(warehouse)}:gen") or b"0")
+        """The invalidation generation a rebuild must still see to mark the warehouse ready."""
+        start = random.randrange(1, 2**62)
+        return _text(self._generation(keys=[f"{self.tag(warehouse)}:gen"], args=[start]))
 
     def invalidate(self, warehouse: str) -> None:
         """Take the warehouse off the fast path until it is rebuilt."""

@@ -318,6 +318,42 @@ class LocalStack:
         """Functions whose process has exited."""
         return [name for name, proc in self.processes.items() if not proc.alive]
 
+    def _process(self, function: str) -> FunctionProcess:
+        for proc in self.processes.values():
+            if function in (proc.spec.directory, proc.spec.name):
+                return proc
+        raise KeyError(f"function {function!r} is not running in this stack")
+
+    def kill_function(self, function: str) -> int:
+        """SIGKILL a function's process group at once, like a crashed container (fault tests).
+        Returns the pid that was killed."""
+        proc = self._process(function)
+        pid = proc.process.pid
+        if proc.alive:
+            # the group also holds the gunicorn worker serving the requests
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                proc.process.kill()
+        proc.process.wait(timeout=10)
+        return pid
+
+    def restart_function(self, function: str) -> FunctionProcess:
+        """Start a function again on its port (after it exited or was killed; a live one is
+        killed first) and wait until it is ready."""
+        with self._lock:
+            old = self._process(function)
+            if old.alive:
+                self.kill_function(function)
+            spec = old.spec
+            source = functions_root() / spec.directory / "main.py"
+            cwd = source.parent.parent.parent
+            self.processes[spec.directory] = self._spawn(
+                spec, source, old.port, self._child_env(), cwd
+            )
+            self._wait_ready(only=[spec.directory])
+            return self.processes[spec.directory]
+
     # -- lifecycle
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -492,8 +528,8 @@ class LocalStack:
         log.info("started %s pid=%s on port %s", spec.name, process.pid, port)
         return FunctionProcess(spec, port, log_path, process)
 
-    def _wait_ready(self) -> None:
-        pending = dict(self.processes)
+    def _wait_ready(self, only: Sequence[str] | None = None) -> None:
+        pending = {n: p for n, p in self.processes.items() if only is None or n in only}
         deadline = time.monotonic() + self.ready_timeout
         pause = threading.Event()
         while pending:

@@ -41,6 +41,7 @@ log = logs.get_logger(__name__)
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
 HEALTH_PATHS = ("/health/live", "/health/ready", "/_/health", "/_/ready")
 RAW_BODY = "psi.raw_body"
+ROUTE = "psi.route"
 
 
 def is_connector_delivery(request: flask.Request) -> bool:
@@ -160,6 +161,7 @@ class FunctionApp:
             raise SystemExit(2) from None
         logs.configure(self.settings.log_level)
         self._platform: Platform | None = None
+        metrics.register_function(name, uses_gate=needs_redis)
 
     @property
     def platform(self) -> Platform:
@@ -191,9 +193,15 @@ class FunctionApp:
         except Exception:
             log.exception("unhandled error", method=request.method, path=request.path)
             reply = Reply(500, {"error": "internal", "message": "unexpected server error"})
-        if 400 <= reply.status < 500 and is_connector_delivery(request):
+        # 401/403: not a delivery we trust, so nothing of it is written anywhere
+        if (
+            400 <= reply.status < 500
+            and reply.status not in (401, 403)
+            and (is_connector_delivery(request))
+        ):
             self._dead_letter(request, reply)
         elapsed = time.perf_counter() - started
+        route_label = request.environ.get(ROUTE, route_label)
         metrics.REQUESTS.labels(self.name, route_label, str(reply.status)).inc()
         metrics.LATENCY.labels(self.name, route_label).observe(elapsed)
         if route_label not in HEALTH_PATHS and route_label != "/metrics":
@@ -237,6 +245,8 @@ class FunctionApp:
             raise HttpError(404, {"error": "not_found", "message": f"no route {path}"})
         for route, match in matched:
             if route.method == request.method:
+                # errors raised by the route still count under its path, not "unmatched"
+                request.environ[ROUTE] = route.path
                 return self._run(route, match.groupdict(), request), route.path
         allowed = ", ".join(sorted({r.method for r, _ in matched}))
         raise HttpError(
@@ -291,8 +301,15 @@ class FunctionApp:
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         if result.degraded:
             headers["X-PSI-Degraded"] = "true"
+        if not result.replayed:
+            self._observe_gate(result.degraded)
         self._after_commit()
         return Reply(201 if route.created else 200, result.body, headers)
+
+    def _observe_gate(self, degraded: bool) -> None:
+        gate = self.platform.gate if self.needs_redis else None
+        if gate is not None:  # with Redis disabled by configuration there is no fast path
+            metrics.observe_gate(self.name, degraded=degraded or not gate.reachable)
 
     def _after_commit(self) -> None:
         kick = getattr(self.platform, "kick_relay", None)
@@ -315,7 +332,7 @@ class FunctionApp:
             function=self.name,
         )
         publisher = self.platform.publisher
-        metrics.DEAD_LETTERS.inc()
+        metrics.dead_letter(self.name, document["topic"])
         if publisher is None:
             log.warning("dead letter (no Kafka configured)", dead_letter=document)
             return
@@ -386,7 +403,8 @@ class FunctionApp:
         if self.needs_redis and gate is not None:
             up = gate.ping()
             checks["redis"] = "ok" if up else "unreachable"
-            metrics.DEGRADED.set(0 if up else 1)
+            if not up:  # only a request on the fast path clears it
+                metrics.observe_gate(self.name, degraded=True)
         mode = "degraded" if checks.get("redis") == "unreachable" else "normal"
         return Reply(200, {"status": "ready", "mode": mode, **checks})
 
@@ -399,11 +417,11 @@ def outcome_metric(kind: str) -> Callable[[Handler], Handler]:
             try:
                 result = handler(call)
             except PsiError as exc:
-                metrics.STOCK_OPERATIONS.labels(kind, exc.code).inc()
+                metrics.STOCK_OPERATIONS.labels(call.app.name, kind, exc.code).inc()
                 raise
             if isinstance(result, Outcome):
                 outcome = "replayed" if result.replayed else "degraded" if result.degraded else "ok"
-                metrics.STOCK_OPERATIONS.labels(kind, outcome).inc()
+                metrics.STOCK_OPERATIONS.labels(call.app.name, kind, outcome).inc()
             return result
 
         return counted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import uuid
@@ -59,8 +60,13 @@ class GateRebuilder:
         with self._lock:
             if warehouse in self._running:
                 return
+            # the rebuild's log lines carry the request that asked for it
+            context = contextvars.copy_context()
             thread = threading.Thread(
-                target=self._run, args=(warehouse,), name=f"rebuild-{warehouse}", daemon=True
+                target=context.run,
+                args=(self._run, warehouse),
+                name=f"rebuild-{warehouse}",
+                daemon=True,
             )
             self._running[warehouse] = thread
         thread.start()

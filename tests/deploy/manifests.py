@@ -72,6 +72,7 @@ RUNTIME_ENV = frozenset(
         "GUNICORN_TIMEOUT",
         "GUNICORN_GRACEFUL_TIMEOUT",
         "GUNICORN_SHUTDOWN_HOOK",
+        "PROMETHEUS_MULTIPROC_DIR",
     }
 )
 # gunicorn.conf.py's defaults, for containerConcurrency when a Service does not set them.
