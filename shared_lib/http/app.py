@@ -15,13 +15,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 from pydantic import BaseModel, ValidationError
 
 from shared_lib import logs
-from shared_lib.bootstrap import Platform, get_platform
 from shared_lib.config import ConfigError, Settings, get_settings
 from shared_lib.domain.errors import (
     Conflict,
@@ -36,6 +35,9 @@ from shared_lib.http import metrics
 from shared_lib.http.auth import Authenticator, AuthError
 from shared_lib.http.delivery import Delivery, classify
 from shared_lib.services.guard import Outcome
+
+if TYPE_CHECKING:
+    from shared_lib.bootstrap import Platform
 
 log = logs.get_logger(__name__)
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -166,6 +168,9 @@ class FunctionApp:
     @property
     def platform(self) -> Platform:
         if self._platform is None:
+            # the stores' clients load on first use: a cold start answers health checks sooner
+            from shared_lib.bootstrap import get_platform
+
             self._platform = get_platform(source=f"/psi/{self.name}")
         return self._platform
 
