@@ -4,6 +4,7 @@ Key layout (one Redis Cluster slot per warehouse, thanks to the hash tag ``{pref
 
     {psi:W1}:ready         present once the warehouse was rebuilt from the database
     {psi:W1}:gen           bumped on every invalidation; a rebuild only marks ready if unchanged
+                           (created random when missing, so a flush also counts as a change)
     {psi:W1}:lvl:<sku>     hash oh, rs, v (database on_hand, reserved, row version), hd (held)
     {psi:W1}:holds         zset request -> hold deadline (ms, Redis clock)
     {psi:W1}:hold:<req>    hash sku -> qty held by one in-flight request
