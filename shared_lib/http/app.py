@@ -199,11 +199,8 @@ class FunctionApp:
             log.exception("unhandled error", method=request.method, path=request.path)
             reply = Reply(500, {"error": "internal", "message": "unexpected server error"})
         # 401/403: not a delivery we trust, so nothing of it is written anywhere
-        if (
-            400 <= reply.status < 500
-            and reply.status not in (401, 403)
-            and (is_connector_delivery(request))
-        ):
+        refused = 400 <= reply.status < 500 and reply.status not in (401, 403)
+        if refused and is_connector_delivery(request):
             self._dead_letter(request, reply)
         elapsed = time.perf_counter() - started
         route_label = request.environ.get(ROUTE, route_label)
