@@ -108,7 +108,12 @@ def document(app: FunctionApp) -> dict[str, Any]:
                     "required": True,
                     "description": "A replay returns the first answer; reuse with another "
                     "body is refused (409). Kafka deliveries use the CloudEvent id.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 200,
+                        "pattern": "^[!-~]+$",
+                    },
                 }
             )
         models = _models(route)
