@@ -128,7 +128,9 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
     if settings.kafka_bootstrap:
         from shared_lib.adapters.kafka import KafkaEventPublisher
 
-        publisher = KafkaEventPublisher(settings.kafka_bootstrap)
+        publisher = KafkaEventPublisher(
+            settings.kafka_bootstrap, enable_idempotence=settings.kafka_idempotence
+        )
         closers.append(publisher.close)
         relay = OutboxRelay(engine, publisher)
         background = BackgroundRelay(relay).start()

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(EMBEDDED, description="redis://, rediss://, redis+sentinel://, ...")
     redis_prefix: str = Field("psi", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]")
+    kafka_idempotence: bool = Field(
+        True, description="idempotent producer; off for brokers that forget producer ids"
+    )
     s3_bucket: str | None = None
     s3_endpoint: str | None = None
     api_keys: str | None = Field(None, description="key=scope,scope;key2=admin")

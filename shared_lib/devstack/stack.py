@@ -450,6 +450,10 @@ class LocalStack:
         )
         if self.kafka_bootstrap:
             env[f"{ENV_PREFIX}KAFKA_BOOTSTRAP"] = self.kafka_bootstrap
+        if self.broker is not None:
+            # the embedded broker forgets producer ids when it restarts: an idempotent producer
+            # from before could then share an id with a newer one and lose acked records
+            env[f"{ENV_PREFIX}KAFKA_IDEMPOTENCE"] = "false"
         settings = self.settings
         has_keys = settings is not None and bool(settings.api_keys or settings.api_keys_file)
         if not has_keys:

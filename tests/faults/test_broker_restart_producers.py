@@ -48,3 +48,27 @@ def test_a_producer_from_before_a_broker_restart_loses_no_record(
         new.close()
     seen = [json.loads(r.value) for r in records]
     assert [d["n"] for d in seen if d["from"] == "old"] == [1, 2, 3], seen  # ...but kept?
+
+
+def test_without_idempotence_a_producer_from_before_a_restart_loses_nothing(
+    broker: EmbeddedBroker,
+) -> None:
+    """What the local stack runs with (PSI_KAFKA_IDEMPOTENCE=false for the embedded broker)."""
+    topic = TOPIC + ".plain"
+    broker.create_topics([topic], partitions=1)
+    old = KafkaEventPublisher(broker.bootstrap, enable_idempotence=False)
+    new = KafkaEventPublisher(broker.bootstrap, enable_idempotence=False)
+    try:
+        old.publish(topic, "k", json.dumps({"from": "old", "n": 0}).encode())
+        broker.stop(graceful=False)
+        broker.restart()
+        for n in range(5):
+            new.publish(topic, "k", json.dumps({"from": "new", "n": n}).encode())
+        for n in range(1, 4):
+            old.publish(topic, "k", json.dumps({"from": "old", "n": n}).encode())
+        records = read_topic(broker.bootstrap, topic, until=lambda recs: len(recs) >= 8, timeout=10)
+    finally:
+        old.close()
+        new.close()
+    seen = [json.loads(r.value) for r in records]
+    assert [d["n"] for d in seen if d["from"] == "old"] == [1, 2, 3], seen
