@@ -319,6 +319,27 @@ def gate_check(
     }
 
 
+def check_invariants(
+    scenario: Scenario,
+    engine: Engine,
+    stores: Stores,
+    *,
+    only_skus: Collection[str] | None = None,
+) -> None:
+    """Ledger == balances, nothing negative, gate == database, no hold left: recorded as checks."""
+    ledger = ledger_check(engine)
+    gate = stores.gate()
+    try:
+        cached = gate_check(engine, gate, only_skus=only_skus)
+    finally:
+        gate.close()
+    scenario.extra["invariants"] = {**ledger, **cached}
+    scenario.check("ledger_mismatches", ledger["ledger_mismatches"], 0)
+    scenario.check("negative_available", ledger["negative_available"], 0)
+    scenario.check("gate_mismatches", cached["gate_mismatches"], 0)
+    scenario.check("gate_holds_left", cached["gate_holds_left"], 0)
+
+
 def count_rows(engine: Engine, table: str, where: str = "", **params: Any) -> int:
     with engine.connect() as conn:
         sql = f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "")

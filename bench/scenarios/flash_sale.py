@@ -14,10 +14,9 @@ from bench.common import (
     RawRedisDecrement,
     Scenario,
     Stores,
+    check_invariants,
     count_rows,
     decrement_key,
-    gate_check,
-    ledger_check,
     level_of,
     load_gate,
     ratio,
@@ -71,17 +70,7 @@ def run(cfg: BenchConfig) -> Scenario:
         scenario.check("redis_evalsha.winners", ceiling["succeeded"], units)
         scenario.check("redis_evalsha.units_left", left, 0)
 
-        ledger = ledger_check(engine)
-        gate = stores.gate()
-        try:
-            cached = gate_check(engine, gate)
-        finally:
-            gate.close()
-        scenario.extra["invariants"] = {**ledger, **cached}
-        scenario.check("ledger_mismatches", ledger["ledger_mismatches"], 0)
-        scenario.check("negative_available", ledger["negative_available"], 0)
-        scenario.check("gate_mismatches", cached["gate_mismatches"], 0)
-        scenario.check("gate_holds_left", cached["gate_holds_left"], 0)
+        check_invariants(scenario, engine, stores)
         engine.dispose()
 
     scenario.target(

@@ -11,9 +11,8 @@ from bench.common import (
     PsiOrders,
     Scenario,
     Stores,
+    check_invariants,
     count_rows,
-    gate_check,
-    ledger_check,
     load_gate,
     run_clients,
     seed_levels,
@@ -63,17 +62,7 @@ def run(cfg: BenchConfig) -> Scenario:
         }
         scenario.check("reserved_equals_successes", reserved, won)
         scenario.check("orders_equal_successes", orders, won)
-        ledger = ledger_check(engine)
-        gate = stores.gate()
-        try:
-            cached = gate_check(engine, gate)
-        finally:
-            gate.close()
-        scenario.extra["invariants"] = {**ledger, **cached}
-        scenario.check("ledger_mismatches", ledger["ledger_mismatches"], 0)
-        scenario.check("negative_available", ledger["negative_available"], 0)
-        scenario.check("gate_mismatches", cached["gate_mismatches"], 0)
-        scenario.check("gate_holds_left", cached["gate_holds_left"], 0)
+        check_invariants(scenario, engine, stores)
         engine.dispose()
     best = max(v["ops_per_s"] or 0 for v in scenario.variants.values())
     scenario.extra["best_ops_per_s"] = best
