@@ -406,7 +406,7 @@ class PsiOrders:
         self.engine = make_engine(config["url"], pool_size=1)
         self.client = redis.Redis.from_url(config["redis_url"], socket_timeout=REDIS_TIMEOUT)
         self.gate = RedisGate(self.client, prefix=config["prefix"])
-        self.deps = Deps(tx=SqlTransactions(self.engine), gate=self.gate)
+        self.deps = Deps(tx=SqlTransactions(self.engine), gate=self.gate, journal=self.gate)
         self.warehouse: str = config["warehouse"]
         self.skus: list[str] = list(config["skus"])
         self.tag = f"{config['tag']}-{index}"

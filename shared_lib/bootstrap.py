@@ -144,6 +144,9 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         gate_hold_ms=settings.gate_hold_ms,
         on_gate_not_ready=rebuilder.request if rebuilder else (lambda warehouse: None),
         read_tx=read_tx,
+        journal=gate if settings.group_commit else None,
+        journal_batch=settings.group_commit_batch,
+        journal_wait_s=settings.group_commit_wait_ms / 1000,
     )
     return Platform(
         settings,

@@ -54,6 +54,13 @@ class FakeStore:
             raise AlreadyRecorded(key)
         self.s.records[key] = (fingerprint, copy.deepcopy(response))
 
+    def recall_many(self, keys: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        return {k: self.s.records[k] for k in keys if k in self.s.records}
+
+    def remember_many(self, records: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None:
+        for record in records:
+            self.remember(*record)
+
     def product(self, sku: str) -> Product | None:
         return self.s.products.get(sku)
 
@@ -108,8 +115,20 @@ class FakeStore:
         )
         return len(self.s.movements)
 
+    def append_movements(self, rows: Sequence[tuple[Change, Level, MovementNote]]) -> list[int]:
+        return [self.append_movement(*row) for row in rows]
+
     def add_order(self, order: Order, at: datetime) -> None:
+        if order.order_id in self.s.orders:
+            raise AlreadyRecorded(order.order_id)
         self.s.orders[order.order_id] = order
+
+    def add_orders(self, orders: Sequence[tuple[Order, datetime]]) -> None:
+        for order, at in orders:
+            self.add_order(order, at)
+
+    def existing_orders(self, order_ids: Sequence[str]) -> set[str]:
+        return {o for o in order_ids if o in self.s.orders}
 
     def order(self, order_id: str, *, lock: bool = False) -> Order | None:
         return self.s.orders.get(order_id)
@@ -122,6 +141,9 @@ class FakeStore:
 
     def add_event(self, topic: str, key: str, event: dict[str, Any]) -> None:
         self.s.outbox.append((topic, key, event))
+
+    def add_events(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        self.s.outbox.extend(events)
 
     def upsert_product(self, product: Product) -> bool:
         created = product.sku not in self.s.products

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flask
 import functions_framework
 
@@ -9,7 +11,6 @@ from shared_lib.domain.catalog import DeleteProduct, PutProduct, PutWarehouse
 from shared_lib.domain.errors import UnknownSku, UnknownWarehouse
 from shared_lib.domain.model import SKU_MAX, WAREHOUSE_MAX, check_code
 from shared_lib.http import Call, FunctionApp, Reply, Route
-from shared_lib.http.schemas import ProductBody, WarehouseBody
 from shared_lib.services import Outcome
 from shared_lib.services import catalog as services
 from shared_lib.services.queries import (
@@ -19,6 +20,9 @@ from shared_lib.services.queries import (
     warehouse_view,
     warehouses_list,
 )
+
+if TYPE_CHECKING:
+    from shared_lib.http.schemas import ProductBody
 
 
 def saved(outcome: Outcome, what: str) -> Reply:
@@ -89,7 +93,7 @@ app = FunctionApp(
             put_product,
             "stock:write",
             "Create a product (201) or replace all its fields (200)",
-            body=ProductBody,
+            body="ProductBody",
             created=True,
             responses={201: "Created; 200 when an existing product was replaced"},
         ),
@@ -116,7 +120,7 @@ app = FunctionApp(
             put_warehouse,
             "stock:write",
             "Create a warehouse (201) or rename it (200)",
-            body=WarehouseBody,
+            body="WarehouseBody",
             created=True,
             responses={201: "Created; 200 when an existing warehouse was renamed"},
         ),

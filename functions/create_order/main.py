@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flask
 import functions_framework
 
@@ -9,14 +11,18 @@ from shared_lib import services
 from shared_lib.domain.errors import UnknownOrder
 from shared_lib.domain.model import ORDER_ID_MAX, CancelOrder, PlaceOrder, check_code
 from shared_lib.http import Call, FunctionApp, Reply, Route, outcome_metric
-from shared_lib.http.schemas import OrderBody, lines_of
 from shared_lib.services import Outcome
 from shared_lib.services.guard import derived_id
 from shared_lib.services.queries import order_view
 
+if TYPE_CHECKING:
+    from shared_lib.http.schemas import OrderBody
+
 
 @outcome_metric("place_order")
 def create(call: Call) -> Outcome:
+    from shared_lib.http.schemas import lines_of  # pydantic loads with the first body, not at start
+
     body: OrderBody = call.body
     order_id = body.order_id or derived_id("ord", call.meta.idempotency_key)
     command = PlaceOrder(order_id, body.warehouse, lines_of(body), body.customer, body.hold_seconds)
@@ -46,7 +52,7 @@ app = FunctionApp(
             create,
             "orders:write",
             "Place an order: reserve all lines or none",
-            body=OrderBody,
+            body="OrderBody",
             created=True,
         ),
         Route("GET", "/{order_id}", show, "stock:read", "An order with its lines and status"),

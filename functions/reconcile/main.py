@@ -6,13 +6,17 @@ cron-connector's cron-function topic) and by hand over HTTP. One effective run p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flask
 import functions_framework
 
 from shared_lib import topics
 from shared_lib.domain.model import utcnow
 from shared_lib.http import Call, FunctionApp, Reply, Route
-from shared_lib.http.schemas import ReconcileBody
+
+if TYPE_CHECKING:
+    from shared_lib.http.schemas import ReconcileBody
 
 CRON_TOPIC = "cron-function"
 
@@ -41,7 +45,7 @@ app = FunctionApp(
             run,
             "admin",
             "Run (or answer for) the reconcile of a run key",
-            body=ReconcileBody,
+            body="ReconcileBody",
             topic=topics.RECONCILE_REQUESTED,
             also_topics=(CRON_TOPIC,),
             key_required=False,

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flask
 import functions_framework
 
 from shared_lib import services, topics
 from shared_lib.domain.model import AdjustStock, ReceiveStock
 from shared_lib.http import Call, FunctionApp, Route, outcome_metric
-from shared_lib.http.schemas import AdjustBody, StockInBody, lines_of
 from shared_lib.services import Outcome
+
+if TYPE_CHECKING:
+    from shared_lib.http.schemas import AdjustBody, StockInBody
 
 
 @outcome_metric("receive")
 def receive(call: Call) -> Outcome:
+    from shared_lib.http.schemas import lines_of  # pydantic loads with the first body, not at start
+
     body: StockInBody = call.body
     command = ReceiveStock(body.warehouse, lines_of(body), body.reason, body.reference)
     return services.receive_stock(call.platform.deps, command, call.meta)
@@ -35,7 +41,7 @@ app = FunctionApp(
             receive,
             "stock:write",
             "Receive goods into a warehouse",
-            body=StockInBody,
+            body="StockInBody",
             created=True,
             topic=topics.STOCK_IN_REQUESTED,
         ),
@@ -45,7 +51,7 @@ app = FunctionApp(
             adjust,
             "stock:write",
             "Cycle count: set on_hand to the counted quantity",
-            body=AdjustBody,
+            body="AdjustBody",
         ),
     ],
     description="Purchase receipts, returns and positive adjustments; cycle counts.",

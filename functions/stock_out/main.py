@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flask
 import functions_framework
-from pydantic import BaseModel
 
 from shared_lib import services, topics
 from shared_lib.domain.model import IssueStock, ShipOrder, TransferStock
 from shared_lib.http import Call, FunctionApp, Route, outcome_metric
-from shared_lib.http.schemas import IssueBody, ShipBody, TransferBody, lines_of
 from shared_lib.services import Outcome
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from shared_lib.http.schemas import TransferBody
 
 
 def stock_out_body(document: dict[str, Any]) -> BaseModel:
     """`{order_id}` ships an order; `{warehouse, lines, reason}` issues directly."""
+    # pydantic loads with the first body, not at start
+    from shared_lib.http.schemas import IssueBody, ShipBody
+
     return ShipBody(**document) if "order_id" in document else IssueBody(**document)
 
 
 @outcome_metric("issue")
 def issue_or_ship(call: Call) -> Outcome:
+    from shared_lib.http.schemas import IssueBody, ShipBody, lines_of
+
     deps = call.platform.deps
     if isinstance(call.body, ShipBody):
         return services.ship_order(
@@ -34,6 +42,8 @@ def issue_or_ship(call: Call) -> Outcome:
 
 @outcome_metric("transfer")
 def transfer(call: Call) -> Outcome:
+    from shared_lib.http.schemas import lines_of
+
     body: TransferBody = call.body
     command = TransferStock(
         body.source, body.destination, lines_of(body), body.reason, body.reference
@@ -51,7 +61,7 @@ app = FunctionApp(
             "stock:write",
             "Ship a reserved order ({order_id}) or issue goods directly",
             body=stock_out_body,
-            body_schema=[ShipBody, IssueBody],
+            body_schema=["ShipBody", "IssueBody"],
             topic=topics.STOCK_OUT_REQUESTED,
         ),
         Route(
@@ -60,7 +70,7 @@ app = FunctionApp(
             transfer,
             "stock:write",
             "Move goods between warehouses",
-            body=TransferBody,
+            body="TransferBody",
         ),
     ],
     description="Shipments of reserved orders, counter sales, scrap, negative adjustments.",

@@ -10,6 +10,11 @@ Key layout (one Redis Cluster slot per warehouse, thanks to the hash tag ``{pref
     {psi:W1}:hold:<req>    hash sku -> qty held by one in-flight request
     {psi:W1}:req:<req>     the request's fingerprint (idempotency marker)
     {psi:W1}:rebuild       lock of the process rebuilding the warehouse
+    {psi:W1}:journal:<s>   held orders waiting for their group commit ('<request id> <entry>');
+                           a request's shard s comes from its id, each shard has its own leader
+    {psi:W1}:inflight:<s>  the batch the shard's flush leader is writing to the database
+    {psi:W1}:lead:<s>      request id of the shard's flush leader (ttl: a dead one is replaced)
+    {psi:W1}:reply:<req>   the answer for one waiting request, or 'lead'
 
 available in the gate = oh - rs - hd.
 """
@@ -20,6 +25,7 @@ import logging
 import random
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared_lib.domain.errors import Shortfall
 from shared_lib.domain.model import Level, Line
-from shared_lib.services.ports import GateAnswer, HoldResult
+from shared_lib.services.ports import GateAnswer, HoldResult, JournalAnswer, JournalUnavailable
 
 log = logging.getLogger(__name__)
 LUA = Path(__file__).resolve().parent / "lua"
@@ -47,6 +53,8 @@ UNREACHABLE = (
     OSError,
 )
 LOAD_BATCH = 500
+# how long an answer waits for a waiter that went away
+REPLY_TTL_SECONDS = 60
 
 # a missing generation never matches: it was flushed (or the server restarted) after the
 # rebuild read it, so levels the rebuild loaded before that are gone
@@ -60,6 +68,13 @@ return 1
 _GENERATION = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
+"""
+# a waiter that gives up takes its entry back, unless a leader already took it; if the lead
+# had just been passed to it, the lead is freed for the next waiter to claim
+_WITHDRAW = """
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
 """
 _INVALIDATE = """
 local g = redis.call('INCR', KEYS[1])
@@ -132,8 +147,10 @@ class RedisGate:
         prefix: str = "psi",
         marker_ttl_seconds: int = 86_400,
         retry_after_seconds: float = 2.0,
+        journal_shards: int = 2,
     ) -> None:
         self.client = client
+        self.journal_shards = journal_shards
         self.prefix = prefix
         self.marker_ttl = marker_ttl_seconds
         self.retry_after = retry_after_seconds
@@ -147,6 +164,9 @@ class RedisGate:
         self._mark_ready = client.register_script(_MARK_READY)
         self._generation = client.register_script(_GENERATION)
         self._invalidate = client.register_script(_INVALIDATE)
+        self._take = client.register_script((LUA / "take.lua").read_text())
+        self._complete = client.register_script((LUA / "complete.lua").read_text())
+        self._withdraw = client.register_script(_WITHDRAW)
 
     # -- keys
     def tag(self, warehouse: str) -> str:
@@ -186,6 +206,16 @@ class RedisGate:
         lines: Sequence[Line],
         hold_ms: int,
     ) -> HoldResult:
+        return self._hold(warehouse, request_id, fingerprint, lines, [hold_ms])
+
+    def _hold(
+        self,
+        warehouse: str,
+        request_id: str,
+        fingerprint: str,
+        lines: Sequence[Line],
+        tail: list[Any],
+    ) -> HoldResult:
         if not self.reachable:
             return HoldResult(GateAnswer.UNAVAILABLE)
         tag = self.tag(warehouse)
@@ -193,8 +223,8 @@ class RedisGate:
         keys = [f"{tag}:ready", holds, hold, marker] + [
             self.level_key(warehouse, ln.sku) for ln in lines
         ]
-        args: list[Any] = [tag, request_id, fingerprint, hold_ms]
-        args += [ln.sku for ln in lines] + [ln.qty for ln in lines]
+        args: list[Any] = [tag, request_id, fingerprint, tail[0]]
+        args += [ln.sku for ln in lines] + [ln.qty for ln in lines] + tail[1:]
         try:
             if warehouse in self._stale:
                 self.invalidate(warehouse)
@@ -206,6 +236,8 @@ class RedisGate:
             self._down(exc)
             return HoldResult(GateAnswer.UNAVAILABLE)
         answer = _text(reply[0])
+        if answer == "held":
+            return HoldResult(GateAnswer.HELD, lead=bool(int(reply[1])))
         if answer != "short":
             return HoldResult(GateAnswer(_ANSWERS[answer]))
         shortfalls, unknown = [], []
@@ -215,6 +247,94 @@ class RedisGate:
             if int(reply[i + 2]) == 0:
                 unknown.append(line.sku)
         return HoldResult(GateAnswer.SHORT, shortfalls, unknown)
+
+    # -- group commit: the journal of held orders (services.journal)
+    def enqueue(
+        self,
+        warehouse: str,
+        request_id: str,
+        fingerprint: str,
+        lines: Sequence[Line],
+        hold_ms: int,
+        entry: str,
+        lead_ms: int,
+    ) -> HoldResult:
+        """try_hold, and once held append `entry` to the journal and try to take the lead."""
+        shard = self._shard(request_id)
+        tail: list[Any] = [hold_ms, f"{request_id} {entry}", lead_ms, shard]
+        return self._hold(warehouse, request_id, fingerprint, lines, tail)
+
+    def _shard(self, request_id: str) -> int:
+        return zlib.crc32(request_id.encode()) % self.journal_shards
+
+    def _journal_keys(self, warehouse: str, request_id: str) -> list[str]:
+        """lead, journal and in-flight keys of the request's shard."""
+        tag, shard = self.tag(warehouse), self._shard(request_id)
+        return [f"{tag}:lead:{shard}", f"{tag}:journal:{shard}", f"{tag}:inflight:{shard}"]
+
+    def take(self, warehouse: str, owner: str, limit: int, lead_ms: int) -> list[str] | None:
+        """The next batch (`<request id> <entry>` strings), or None if `owner` does not lead."""
+        items = self._journal_call(
+            warehouse, self._take, self._journal_keys(warehouse, owner), [owner, limit, lead_ms]
+        )
+        return None if items is None else [_text(item) for item in items]
+
+    def complete(
+        self,
+        warehouse: str,
+        owner: str,
+        answers: Sequence[JournalAnswer],
+        levels: Sequence[Level],
+        lead_ms: int,
+    ) -> None:
+        keys = [*self._journal_keys(warehouse, owner), f"{self.tag(warehouse)}:holds"]
+        args: list[Any] = [
+            self.tag(warehouse),
+            owner,
+            self.marker_ttl,
+            REPLY_TTL_SECONDS,
+            lead_ms,
+            len(answers),
+        ]
+        for answer in answers:
+            args += [answer.request_id, answer.fingerprint or "", answer.reply]
+        for lv in levels:
+            args += [lv.sku, lv.on_hand, lv.reserved, lv.version]
+        self._journal_call(warehouse, self._complete, keys, args)
+
+    def next_reply(self, warehouse: str, request_id: str, timeout: float) -> str | None:
+        """Wait up to `timeout` s for this request's answer ('lead': it now leads)."""
+        key = f"{self.tag(warehouse)}:reply:{request_id}"
+        try:
+            found = self.client.blpop([key], timeout=timeout)
+        except UNREACHABLE as exc:
+            self._down(exc, warehouse)
+            raise JournalUnavailable(str(exc)) from exc
+        return None if found is None else _text(found[1])
+
+    def claim(self, warehouse: str, request_id: str, lead_ms: int) -> bool:
+        key = self._journal_keys(warehouse, request_id)[0]
+        try:
+            return bool(self.client.set(key, request_id, nx=True, px=lead_ms))
+        except UNREACHABLE as exc:
+            self._down(exc, warehouse)
+            raise JournalUnavailable(str(exc)) from exc
+
+    def withdraw(self, warehouse: str, request_id: str, entry: str) -> bool:
+        """Take a waiting entry back (True), unless a leader already took it (False)."""
+        lead, journal = self._journal_keys(warehouse, request_id)[:2]
+        args = [request_id, f"{request_id} {entry}"]
+        if not int(self._journal_call(warehouse, self._withdraw, [journal, lead], args)):
+            return False
+        self.cancel_hold(warehouse, request_id)
+        return True
+
+    def _journal_call(self, warehouse: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except UNREACHABLE as exc:
+            self._down(exc, warehouse)
+            raise JournalUnavailable(str(exc)) from exc
 
     def cancel_hold(self, warehouse: str, request_id: str) -> None:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # MySQL error codes worth a retry of the whole transaction
-DEADLOCK, LOCK_WAIT_TIMEOUT = 1213, 1205
+DEADLOCK, LOCK_WAIT_TIMEOUT, DUPLICATE_KEY = 1213, 1205, 1062
 CONNECTION_LOST = {2003, 2006, 2013, 2055, 1927, 4031}
 TRANSIENT = {DEADLOCK, LOCK_WAIT_TIMEOUT} | CONNECTION_LOST
 
@@ -59,6 +59,16 @@ def is_transient(exc: BaseException) -> bool:
         or "connection" in text
         or isinstance(exc, sa.exc.InterfaceError)
     )
+
+
+def is_duplicate(exc: BaseException) -> bool:
+    """A unique key refused the row: another transaction wrote it first."""
+    if not isinstance(exc, sa.exc.IntegrityError):
+        return False
+    code = _mysql_code(exc)
+    if code is not None:
+        return code == DUPLICATE_KEY
+    return "UNIQUE constraint failed" in str(exc.orig)
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -166,18 +176,38 @@ class SqlStore:
         return (row.fingerprint, json.loads(row.response)) if row else None
 
     def remember(self, key: str, fingerprint: str, kind: str, response: dict[str, Any]) -> None:
+        self.remember_many([(key, fingerprint, kind, response)])
+
+    def recall_many(self, keys: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        r = t.idempotency_records
+        if not keys:
+            return {}
+        query = sa.select(r.c.idempotency_key, r.c.fingerprint, r.c.response).where(
+            r.c.idempotency_key.in_(sorted(set(keys)))
+        )
+        return {
+            row.idempotency_key: (row.fingerprint, json.loads(row.response))
+            for row in self.conn.execute(query)
+        }
+
+    def remember_many(self, records: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None:
+        now = utcnow()
+        rows = [
+            {
+                "idempotency_key": key,
+                "fingerprint": fingerprint,
+                "kind": kind,
+                "response": json.dumps(response, separators=(",", ":")),
+                "created_at": now,
+            }
+            for key, fingerprint, kind, response in records
+        ]
+        if not rows:
+            return
         try:
-            self.conn.execute(
-                t.idempotency_records.insert().values(
-                    idempotency_key=key,
-                    fingerprint=fingerprint,
-                    kind=kind,
-                    response=json.dumps(response, separators=(",", ":")),
-                    created_at=utcnow(),
-                )
-            )
+            self.conn.execute(t.idempotency_records.insert(), rows)
         except sa.exc.IntegrityError as exc:
-            raise AlreadyRecorded(key) from exc
+            raise AlreadyRecorded(rows[0]["idempotency_key"]) from exc
 
     # -- catalog
     def product(self, sku: str) -> Product | None:
@@ -254,42 +284,55 @@ class SqlStore:
 
     # -- ledger
     def append_movement(self, change: Change, after: Level, note: MovementNote) -> int:
-        result = self.conn.execute(
-            t.movements.insert().values(
-                kind=change.movement.value,
-                warehouse=change.warehouse,
-                sku=change.sku,
-                delta_on_hand=change.d_on_hand,
-                delta_reserved=change.d_reserved,
-                on_hand_after=after.on_hand,
-                reserved_after=after.reserved,
-                reason=note.reason,
-                reference=note.reference,
-                order_id=note.order_id,
-                actor=note.meta.actor,
-                idempotency_key=note.meta.idempotency_key,
-                created_at=note.at,
-            )
-        )
+        result = self.conn.execute(t.movements.insert().values(_movement(change, after, note)))
         return int(result.inserted_primary_key[0])
+
+    def append_movements(self, rows: Sequence[tuple[Change, Level, MovementNote]]) -> list[int]:
+        """One multi-row INSERT ... RETURNING where the server has it (MariaDB, SQLite)."""
+        if not self.conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+            return [self.append_movement(*row) for row in rows]
+        insert = t.movements.insert().returning(t.movements.c.id, sort_by_parameter_order=True)
+        result = self.conn.execute(insert, [_movement(*row) for row in rows])
+        return [int(r[0]) for r in result]
 
     # -- orders
     def add_order(self, order: Order, at: datetime) -> None:
-        self.conn.execute(
-            t.orders.insert().values(
-                order_id=order.order_id,
-                warehouse=order.warehouse,
-                customer=order.customer,
-                status=order.status.value,
-                hold_until=order.hold_until,
-                created_at=at,
-                updated_at=at,
-            )
-        )
+        try:
+            self.conn.execute(t.orders.insert().values(_order_row(order, at)))
+        except sa.exc.IntegrityError as exc:
+            if not is_duplicate(exc):
+                raise
+            # a concurrent transaction created it: the retry finds it (or its idempotency record)
+            raise AlreadyRecorded(order.order_id) from exc
         self.conn.execute(
             t.order_lines.insert(),
             [{"order_id": order.order_id, "sku": ln.sku, "qty": ln.qty} for ln in order.lines],
         )
+
+    def add_orders(self, orders: Sequence[tuple[Order, datetime]]) -> None:
+        if not orders:
+            return
+        try:
+            self.conn.execute(t.orders.insert(), [_order_row(order, at) for order, at in orders])
+        except sa.exc.IntegrityError as exc:
+            if not is_duplicate(exc):
+                raise
+            raise AlreadyRecorded(orders[0][0].order_id) from exc
+        self.conn.execute(
+            t.order_lines.insert(),
+            [
+                {"order_id": order.order_id, "sku": ln.sku, "qty": ln.qty}
+                for order, _ in orders
+                for ln in order.lines
+            ],
+        )
+
+    def existing_orders(self, order_ids: Sequence[str]) -> set[str]:
+        o = t.orders
+        if not order_ids:
+            return set()
+        query = sa.select(o.c.order_id).where(o.c.order_id.in_(sorted(set(order_ids))))
+        return set(self.conn.execute(query).scalars())
 
     def order(self, order_id: str, *, lock: bool = False) -> Order | None:
         o, ol = t.orders, t.order_lines
@@ -317,15 +360,22 @@ class SqlStore:
 
     # -- outbox
     def add_event(self, topic: str, key: str, event: dict[str, Any]) -> None:
-        self.conn.execute(
-            t.outbox.insert().values(
-                event_id=event["id"],
-                topic=topic,
-                event_key=key,
-                payload=json.dumps(event, separators=(",", ":")),
-                created_at=utcnow(),
-            )
-        )
+        self.add_events([(topic, key, event)])
+
+    def add_events(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        now = utcnow()
+        rows = [
+            {
+                "event_id": event["id"],
+                "topic": topic,
+                "event_key": key,
+                "payload": json.dumps(event, separators=(",", ":")),
+                "created_at": now,
+            }
+            for topic, key, event in events
+        ]
+        if rows:
+            self.conn.execute(t.outbox.insert(), rows)
 
     # -- catalog writes
     def upsert_product(self, product: Product) -> bool:
@@ -463,6 +513,36 @@ class SqlStore:
             )
             for r in rows
         ]
+
+
+def _movement(change: Change, after: Level, note: MovementNote) -> dict[str, Any]:
+    return {
+        "kind": change.movement.value,
+        "warehouse": change.warehouse,
+        "sku": change.sku,
+        "delta_on_hand": change.d_on_hand,
+        "delta_reserved": change.d_reserved,
+        "on_hand_after": after.on_hand,
+        "reserved_after": after.reserved,
+        "reason": note.reason,
+        "reference": note.reference,
+        "order_id": note.order_id,
+        "actor": note.meta.actor,
+        "idempotency_key": note.meta.idempotency_key,
+        "created_at": note.at,
+    }
+
+
+def _order_row(order: Order, at: datetime) -> dict[str, Any]:
+    return {
+        "order_id": order.order_id,
+        "warehouse": order.warehouse,
+        "customer": order.customer,
+        "status": order.status.value,
+        "hold_until": order.hold_until,
+        "created_at": at,
+        "updated_at": at,
+    }
 
 
 def _level_filters(

@@ -137,3 +137,26 @@ class StoreUnavailable(PsiError):
     def __init__(self, store: str, retry_after: int = 5) -> None:
         super().__init__(f"{store} is unavailable; retry later", store=store)
         self.retry_after = retry_after
+
+
+def restore(data: dict[str, Any]) -> PsiError:
+    """The error another process raised, from its `as_dict()` (the group-commit answer):
+    same class, message and details, so it maps to the same HTTP answer."""
+    details = {k: v for k, v in data.items() if k not in ("error", "message")}
+    found = _by_code(PsiError).get(str(data.get("error")), PsiError)
+    error = found.__new__(found)
+    PsiError.__init__(error, str(data.get("message", "")), **details)
+    if isinstance(error, InsufficientStock):
+        error.shortfalls = [Shortfall(**s) for s in details.get("shortfalls", [])]
+    if isinstance(error, StoreUnavailable):
+        error.retry_after = 5
+    if isinstance(error, InvalidRequest):
+        error.field = str(details.get("field", ""))
+    return error
+
+
+def _by_code(cls: type[PsiError]) -> dict[str, type[PsiError]]:
+    found = {cls.code: cls}
+    for sub in cls.__subclasses__():
+        found.update(_by_code(sub))
+    return found

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -237,10 +237,20 @@ class Command:
     kind: ClassVar[str] = "command"
 
     def fingerprint(self) -> str:
+        """sha256 of the command as canonical JSON (what `dataclasses.asdict` gives, built
+        without its deep copies: this runs on every attempt of a flash sale)."""
         body = json.dumps(
-            {"kind": self.kind, **asdict(self)}, sort_keys=True, default=str, separators=(",", ":")
+            {"kind": self.kind, **_plain(self)}, sort_keys=True, default=str, separators=(",", ":")
         )
         return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)

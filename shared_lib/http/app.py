@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import flask
-from pydantic import BaseModel, ValidationError
 
 from shared_lib import logs
 from shared_lib.config import ConfigError, Settings, get_settings
@@ -37,6 +36,8 @@ from shared_lib.http.delivery import Delivery, classify
 from shared_lib.services.guard import Outcome
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from shared_lib.bootstrap import Platform
 
 log = logs.get_logger(__name__)
@@ -82,6 +83,18 @@ class Call:
 
 
 Handler = Callable[[Call], Reply | Outcome]
+# a body model, or the name of one in shared_lib.http.schemas: pydantic (not cheap to import)
+# then loads with the first body or OpenAPI document, not with the function
+Model = type["BaseModel"] | str
+
+
+def body_model(model: Model) -> type[BaseModel]:
+    if isinstance(model, str):
+        from shared_lib.http import schemas
+
+        found: type[BaseModel] = getattr(schemas, model)
+        return found
+    return model
 
 
 @dataclass
@@ -91,8 +104,8 @@ class Route:
     handler: Handler
     scope: str
     summary: str
-    body: type[BaseModel] | Callable[[Any], BaseModel] | None = None
-    body_schema: type[BaseModel] | list[type[BaseModel]] | None = None
+    body: Model | Callable[[Any], BaseModel] | None = None
+    body_schema: Model | list[Model] | None = None
     created: bool = False
     topic: str | None = None
     also_topics: tuple[str, ...] = ()
@@ -107,6 +120,13 @@ class Route:
     @property
     def mutation(self) -> bool:
         return self.method in ("POST", "PUT", "DELETE", "PATCH")
+
+    def parse_body(self, document: dict[str, Any]) -> BaseModel:
+        if self.body is None:
+            raise TypeError(f"{self.method} {self.path} takes no body")
+        if isinstance(self.body, str | type):
+            return body_model(self.body)(**document)
+        return self.body(document)
 
     def consumes(self, topic: str | None) -> bool:
         """A delivery is accepted when its topic is unknown or one this route consumes."""
@@ -371,8 +391,10 @@ class FunctionApp:
                 422,
                 {"error": "invalid_request", "field": "body", "message": "body: must be an object"},
             )
+        from pydantic import ValidationError
+
         try:
-            return route.body(**document) if isinstance(route.body, type) else route.body(document)
+            return route.parse_body(document)
         except ValidationError as exc:
             problems = [{"field": field_name(e["loc"]), "message": e["msg"]} for e in exc.errors()]
             first = problems[0]

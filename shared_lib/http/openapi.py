@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from shared_lib.http.app import body_model
+
 if TYPE_CHECKING:
     from shared_lib.http.app import FunctionApp, Route
 
@@ -62,9 +64,12 @@ STANDARD = {
 
 def _models(route: Route) -> list[type[BaseModel]]:
     schema = route.body_schema or route.body
-    if isinstance(schema, list):
-        return schema
-    return [schema] if isinstance(schema, type) and issubclass(schema, BaseModel) else []
+    given = schema if isinstance(schema, list) else [schema]
+    return [
+        body_model(model)
+        for model in given
+        if isinstance(model, str) or (isinstance(model, type) and issubclass(model, BaseModel))
+    ]
 
 
 def _add_model(components: dict[str, Any], model: type[BaseModel]) -> dict[str, str]:

@@ -39,6 +39,7 @@ from shared_lib.domain.model import (
     Command,
     Level,
     Line,
+    Order,
     Product,
     RequestMeta,
     crosses_reorder_point,
@@ -48,7 +49,9 @@ from shared_lib.domain.model import (
 from shared_lib.services.ports import (
     AlreadyRecorded,
     GateAnswer,
+    HoldResult,
     MovementNote,
+    OrderJournal,
     StockGate,
     StockStore,
     Transactions,
@@ -69,6 +72,11 @@ class Deps:
     gate_hold_ms: int = 30_000
     on_gate_not_ready: Callable[[str], None] = lambda warehouse: None
     read_tx: Transactions | None = None
+    # group commit of orders (services.group_commit); None: every order commits alone
+    journal: OrderJournal | None = None
+    journal_batch: int = 500
+    journal_wait_s: float = 10.0
+    journal_lead_ms: int = 5_000
 
     @property
     def reads(self) -> Transactions:
@@ -103,36 +111,25 @@ def guarded_write(
     work: Work,
     *,
     holds: dict[str, tuple[Line, ...]] | None = None,
+    degraded: bool = False,
 ) -> Outcome:
+    """`degraded`: the caller already found the gate unable to hold (no holds are taken)."""
     key, fingerprint = meta.idempotency_key, command.fingerprint()
     req = request_id(key)
     held: list[str] = []
-    degraded = deps.gate is None
+    degraded = degraded or deps.gate is None
     if deps.gate is not None:
         for warehouse, lines in (holds or {}).items():
             answer = _try_hold(deps, deps.gate, warehouse, req, fingerprint, lines, key)
             if answer is GateAnswer.HELD:
                 held.append(warehouse)
             elif answer is GateAnswer.DUPLICATE:
-                return _replay(deps, key, fingerprint, req, held)
+                return replay(deps, key, fingerprint, req, held)
             else:
                 degraded = True
 
-    def transaction(store: StockStore) -> tuple[dict[str, Any], list[Level], bool]:
-        prior = store.recall(key)
-        if prior is not None:
-            if prior[0] != fingerprint:
-                raise IdempotencyConflict(key)
-            return prior[1], [], True
-        body, levels = work(store)
-        store.remember(key, fingerprint, command.kind, body)
-        return body, levels, False
-
     try:
-        try:
-            body, levels, replayed = deps.tx.run(transaction)
-        except AlreadyRecorded:
-            body, levels, replayed = deps.tx.run(transaction)
+        body, levels, replayed = run_recorded(deps, key, fingerprint, command.kind, work)
     except BaseException:
         _release(deps, held, req)
         raise
@@ -141,6 +138,29 @@ def guarded_write(
         return Outcome(body, replayed=True)
     _settle(deps, levels, req, fingerprint, held)
     return Outcome(body, degraded=degraded, levels=levels)
+
+
+def run_recorded(
+    deps: Deps, key: str, fingerprint: str, kind: str, work: Work
+) -> tuple[dict[str, Any], list[Level], bool]:
+    """Run `work` in one transaction with its idempotency record; a key already recorded
+    answers with the first answer instead (replayed=True)."""
+
+    def transaction(store: StockStore) -> tuple[dict[str, Any], list[Level], bool]:
+        prior = store.recall(key)
+        if prior is not None:
+            if prior[0] != fingerprint:
+                raise IdempotencyConflict(key)
+            return prior[1], [], True
+        body, levels = work(store)
+        store.remember(key, fingerprint, kind, body)
+        return body, levels, False
+
+    try:
+        return deps.tx.run(transaction)
+    except AlreadyRecorded:
+        # a concurrent transaction recorded it first: this run answers with its answer
+        return deps.tx.run(transaction)
 
 
 def _try_hold(
@@ -153,6 +173,11 @@ def _try_hold(
     key: str,
 ) -> GateAnswer:
     result = gate.try_hold(warehouse, req, fingerprint, lines, deps.gate_hold_ms)
+    return admit(deps, warehouse, result, key)
+
+
+def admit(deps: Deps, warehouse: str, result: HoldResult, key: str) -> GateAnswer:
+    """The gate's answer for one warehouse; raises for a conflicting or short request."""
     if result.answer is GateAnswer.CONFLICT:
         raise IdempotencyConflict(key)
     if result.answer is GateAnswer.SHORT:
@@ -180,7 +205,7 @@ def _raise_short(
     raise InsufficientStock(warehouse, shortfalls)
 
 
-def _replay(deps: Deps, key: str, fingerprint: str, req: str, held: list[str]) -> Outcome:
+def replay(deps: Deps, key: str, fingerprint: str, req: str, held: list[str]) -> Outcome:
     _release(deps, held, req)
     prior = deps.tx.run(lambda store: store.recall(key))
     if prior is None:
@@ -275,6 +300,19 @@ def _record(
     reorder_point: int,
 ) -> None:
     movement_id = store.append_movement(change, after, note)
+    for topic, key, event in stock_events(change, after, movement_id, note, source, reorder_point):
+        store.add_event(topic, key, event)
+
+
+def stock_events(
+    change: Change,
+    after: Level,
+    movement_id: int,
+    note: MovementNote,
+    source: str,
+    reorder_point: int,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """stock.changed for one applied change, and stock.low when it crosses the reorder point."""
     data = events.stock_changed_data(
         change.movement,
         after,
@@ -286,11 +324,13 @@ def _record(
         order_id=note.order_id,
         idempotency_key=note.meta.idempotency_key,
     )
-    store.add_event(
-        topics.STOCK_CHANGED,
-        after.sku,
-        events.cloud_event(topics.STOCK_CHANGED, source, after.sku, data, note.at),
-    )
+    out = [
+        (
+            topics.STOCK_CHANGED,
+            after.sku,
+            events.cloud_event(topics.STOCK_CHANGED, source, after.sku, data, note.at),
+        )
+    ]
     before = Level(
         after.sku,
         after.warehouse,
@@ -298,21 +338,23 @@ def _record(
         after.reserved - change.d_reserved,
     )
     if crosses_reorder_point(before, after, reorder_point):
-        store.add_event(
-            topics.STOCK_LOW,
-            after.sku,
-            events.cloud_event(
+        low = events.stock_low_data(after, reorder_point)
+        out.append(
+            (
                 topics.STOCK_LOW,
-                source,
                 after.sku,
-                events.stock_low_data(after, reorder_point),
-                note.at,
-            ),
+                events.cloud_event(topics.STOCK_LOW, source, after.sku, low, note.at),
+            )
         )
+    return out
 
 
 def levels_body(levels: Iterable[Level]) -> list[dict[str, Any]]:
     return [level.as_dict() for level in sorted(levels, key=lambda v: (v.warehouse, v.sku))]
+
+
+def order_body(order: Order, levels: Iterable[Level]) -> dict[str, Any]:
+    return {**order.as_dict(), "levels": levels_body(levels)}
 
 
 __all__ = ["Deps", "Outcome", "apply_changes", "guarded_write", "holds_of", "levels_body"]

@@ -10,6 +10,7 @@ from shared_lib.domain import events
 from shared_lib.domain.errors import OrderExists, UnknownOrder
 from shared_lib.domain.model import (
     CancelOrder,
+    Change,
     ExpireOrder,
     Level,
     Movement,
@@ -20,13 +21,16 @@ from shared_lib.domain.model import (
     ShipOrder,
     holds_of,
 )
+from shared_lib.services import group_commit
+from shared_lib.services.group_commit import Pending
 from shared_lib.services.guard import (
     Deps,
     Outcome,
+    Work,
     apply_changes,
     check_catalog,
     guarded_write,
-    levels_body,
+    order_body,
 )
 from shared_lib.services.ports import MovementNote, StockStore
 
@@ -42,12 +46,9 @@ _MOVEMENT = {
 }
 
 
-def _order_body(order: Order, levels: list[Level]) -> dict[str, Any]:
-    return {**order.as_dict(), "levels": levels_body(levels)}
-
-
 def place_order(deps: Deps, command: PlaceOrder, meta: RequestMeta) -> Outcome:
-    """Reserve every line for the order, or nothing and report each short line."""
+    """Reserve every line for the order, or nothing and report each short line.
+    With a journal the order is group-committed with its warehouse's other orders."""
     now = deps.clock()
     hold = command.hold_seconds or deps.order_hold_seconds
     order = Order(
@@ -58,12 +59,26 @@ def place_order(deps: Deps, command: PlaceOrder, meta: RequestMeta) -> Outcome:
         now + timedelta(seconds=hold),
         command.customer,
     )
-    changes = command.changes()
-    note = MovementNote(meta, now, "order", None, command.order_id)
+    pending = Pending(order, meta, command.fingerprint(), now)
+    if deps.journal is None:
+        return guarded_write(
+            deps, command, meta, _reserve(deps, pending), holds=holds_of(command.changes())
+        )
+    outcome = group_commit.place(deps, deps.journal, pending, lambda p: _reserve(deps, p))
+    if outcome is not None:
+        return outcome
+    return guarded_write(deps, command, meta, _reserve(deps, pending), degraded=True)
+
+
+def _reserve(deps: Deps, pending: Pending) -> Work:
+    """One order's transaction on the one-by-one path."""
+    order, now = pending.order, pending.at
+    changes = [Change(order.warehouse, ln.sku, Movement.RESERVE, 0, ln.qty) for ln in order.lines]
+    note = MovementNote(pending.meta, now, "order", None, order.order_id)
 
     def work(store: StockStore) -> tuple[dict[str, Any], list[Level]]:
-        if store.order(command.order_id) is not None:
-            raise OrderExists(command.order_id)
+        if store.order(order.order_id) is not None:
+            raise OrderExists(order.order_id)
         products = check_catalog(store, changes)
         # the balance rows are the contended ones: lock them last, hold them shortest
         store.add_order(order, now)
@@ -75,9 +90,9 @@ def place_order(deps: Deps, command: PlaceOrder, meta: RequestMeta) -> Outcome:
             ),
         )
         levels = apply_changes(store, changes, note, deps.source, products=products)
-        return _order_body(order, levels), levels
+        return order_body(order, levels), levels
 
-    return guarded_write(deps, command, meta, work, holds=holds_of(changes))
+    return work
 
 
 def _close(
@@ -95,7 +110,7 @@ def _close(
         if order is None:
             raise UnknownOrder(command.order_id)
         if order.status is status and status is not OrderStatus.SHIPPED:
-            return _order_body(order, []), []
+            return order_body(order, []), []
         closed = order.moved_to(status)
         note = MovementNote(meta, now, status.value, reference, order.order_id)
         store.set_order_status(order.order_id, status, now)
@@ -107,7 +122,7 @@ def _close(
             ),
         )
         levels = apply_changes(store, order.changes(_MOVEMENT[status]), note, deps.source)
-        return _order_body(closed, levels), levels
+        return order_body(closed, levels), levels
 
     return guarded_write(deps, command, meta, work)
 

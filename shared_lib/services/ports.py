@@ -27,6 +27,10 @@ class AlreadyRecorded(Exception):
     """Another transaction recorded the same idempotency key first."""
 
 
+class JournalUnavailable(Exception):
+    """The order journal (Redis) could not be reached while a request was waiting on it."""
+
+
 @dataclass(frozen=True)
 class MovementRecord:
     id: int
@@ -82,10 +86,18 @@ class StockStore(Protocol):
 
     # ledger, orders, outbox
     def append_movement(self, change: Change, after: Level, note: MovementNote) -> int: ...
+    def append_movements(self, rows: Sequence[tuple[Change, Level, MovementNote]]) -> list[int]: ...
     def add_order(self, order: Order, at: datetime) -> None: ...
     def order(self, order_id: str, *, lock: bool = False) -> Order | None: ...
     def set_order_status(self, order_id: str, status: OrderStatus, at: datetime) -> None: ...
     def add_event(self, topic: str, key: str, event: dict[str, Any]) -> None: ...
+
+    # batches of one group commit (services.journal)
+    def recall_many(self, keys: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]: ...
+    def remember_many(self, records: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None: ...
+    def existing_orders(self, order_ids: Sequence[str]) -> set[str]: ...
+    def add_orders(self, orders: Sequence[tuple[Order, datetime]]) -> None: ...
+    def add_events(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None: ...
 
     # catalog writes: upserts answer True when the row was created
     def upsert_product(self, product: Product) -> bool: ...
@@ -131,6 +143,16 @@ class HoldResult:
     answer: GateAnswer
     shortfalls: list[Shortfall] = field(default_factory=list)
     unknown_skus: list[str] = field(default_factory=list)
+    lead: bool = False  # journaled requests: the caller leads the next flush
+
+
+@dataclass(frozen=True)
+class JournalAnswer:
+    """What a flush tells one waiting request; `fingerprint` only when it was committed."""
+
+    request_id: str
+    fingerprint: str | None
+    reply: str
 
 
 class StockGate(Protocol):
@@ -158,6 +180,37 @@ class StockGate(Protocol):
         """Drop the request's hold, remember the request (when a fingerprint is given) and
         record the durable levels (newer versions win)."""
         ...
+
+
+class OrderJournal(Protocol):
+    """Group commit of held orders (services.journal): waiting requests queue in the journal
+    and one of them, the leader, writes a whole batch in one database transaction."""
+
+    def enqueue(
+        self,
+        warehouse: str,
+        request_id: str,
+        fingerprint: str,
+        lines: Sequence[Line],
+        hold_ms: int,
+        entry: str,
+        lead_ms: int,
+    ) -> HoldResult: ...
+
+    def take(self, warehouse: str, owner: str, limit: int, lead_ms: int) -> list[str] | None: ...
+
+    def complete(
+        self,
+        warehouse: str,
+        owner: str,
+        answers: Sequence[JournalAnswer],
+        levels: Sequence[Level],
+        lead_ms: int,
+    ) -> None: ...
+
+    def next_reply(self, warehouse: str, request_id: str, timeout: float) -> str | None: ...
+    def claim(self, warehouse: str, request_id: str, lead_ms: int) -> bool: ...
+    def withdraw(self, warehouse: str, request_id: str, entry: str) -> bool: ...
 
 
 class MaintainedGate(StockGate, Protocol):

@@ -20,7 +20,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,10 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import yaml
 from packaging.version import Version
-from pydantic import ValidationError
 from referencing import Registry, Resource
 
 from shared_lib import topics
-from shared_lib.config import ENV_PREFIX, SECRET_FIELDS, Settings, secret_file_name
+from shared_lib.config import ENV_PREFIX, SECRET_FIELDS, ConfigError, Settings, secret_file_name
 
 # The Kubernetes release whose schemas validate the core kinds (or the closest one the
 # installed kubernetes-validate still ships).
@@ -554,7 +553,7 @@ def check_nightly(root: Path) -> list[Problem]:
 
 def setting_names() -> dict[str, str]:
     """PSI_DATABASE_URL -> database_url, for every field of Settings."""
-    return {f"{ENV_PREFIX}{field.upper()}": field for field in Settings.model_fields}
+    return {f"{ENV_PREFIX}{spec.name.upper()}": spec.name for spec in fields(Settings)}
 
 
 def check_env_names(file: str, where: str, names: Iterable[str]) -> list[Problem]:
@@ -585,11 +584,11 @@ def check_env_values(file: str, where: str, env: dict[str, Any]) -> list[Problem
     given = {settings[k]: str(v) for k, v in env.items() if k in settings}
     try:
         Settings(**given)
-    except ValidationError as exc:
+    except ConfigError as exc:
         return [
-            Problem(file, f"{where}: {ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}")
-            for err in exc.errors()
-            if err["loc"] and err["loc"][0] in given
+            Problem(file, f"{where}: {ENV_PREFIX}{field.upper()}: {message}")
+            for field, message in exc.problems.items()
+            if field in given
         ]
     return []
 

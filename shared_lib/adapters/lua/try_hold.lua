@@ -4,11 +4,20 @@
 -- KEYS[5..] one level hash per line (oh, rs, v, hd)
 -- ARGV[1] tag prefix  ARGV[2] request id  ARGV[3] fingerprint  ARGV[4] hold ms
 -- ARGV[5..4+n] skus  ARGV[5+n..4+2n] quantities
--- Returns {'held'} | {'dup'} | {'conflict'} | {'not_ready'}
+-- optional, to journal the request for group commit once held:
+--   ARGV[5+2n] journal entry ('<request id> <payload>')  ARGV[6+2n] lead ttl ms
+--   ARGV[7+2n] journal shard
+-- Returns {'held', lead} (lead=1: the caller now leads the warehouse's next flush)
+--       | {'dup'} | {'conflict'} | {'not_ready'}
 --       | {'short', i1, available1, known1, i2, ...} (1-based line index; known=0: no key)
 local n = #KEYS - 4
-if n < 1 or #ARGV ~= 4 + 2 * n then
+local journaled = #ARGV == 7 + 2 * n
+if n < 1 or (#ARGV ~= 4 + 2 * n and not journaled) then
   return redis.error_reply('PSI bad arity')
+end
+local lead_ms = journaled and tonumber(ARGV[6 + 2 * n])
+if journaled and (not lead_ms or lead_ms < 1) then
+  return redis.error_reply('PSI bad lead ttl')
 end
 local hold_ms = tonumber(ARGV[4])
 if not hold_ms or hold_ms < 1 then
@@ -77,4 +86,10 @@ for i = 1, n do
 end
 redis.call('ZADD', KEYS[2], now + hold_ms, ARGV[2])
 redis.call('SET', KEYS[4], ARGV[3], 'PX', hold_ms)
-return {'held'}
+local lead = 0
+if journaled then
+  local shard = ':' .. ARGV[7 + 2 * n]
+  redis.call('RPUSH', tag .. ':journal' .. shard, ARGV[5 + 2 * n])
+  if redis.call('SET', tag .. ':lead' .. shard, ARGV[2], 'NX', 'PX', lead_ms) then lead = 1 end
+end
+return {'held', lead}

@@ -1,0 +1,76 @@
+-- Finish a flushed batch (group commit): answer every waiter, drop its hold, keep the marker
+-- of each committed request, take the durable levels (versioned), then pass the lead on to
+-- the oldest waiting entry, or release it.
+-- KEYS[1] lead  KEYS[2] journal  KEYS[3] in-flight  KEYS[4] holds
+-- ARGV[1] tag prefix  ARGV[2] owner  ARGV[3] marker ttl s  ARGV[4] reply ttl s
+-- ARGV[5] lead ttl ms  ARGV[6] number of answers m
+-- ARGV[7..6+3m] per answer: request id, fingerprint ('' = not committed: drop the marker), reply
+-- then per level: sku, on_hand, reserved, version
+-- Returns the request id the lead passed to, or ''.
+local m = tonumber(ARGV[6])
+if not m or m < 0 or (#ARGV - 6 - 3 * m) % 4 ~= 0 then
+  return redis.error_reply('PSI bad arity')
+end
+for i = 3, 5 do
+  if not tonumber(ARGV[i]) or tonumber(ARGV[i]) < 1 then
+    return redis.error_reply('PSI bad ttl at argument ' .. i)
+  end
+end
+for i = 7 + 3 * m, #ARGV, 4 do
+  for j = 1, 3 do
+    local x = tonumber(ARGV[i + j])
+    if not x or x < 0 or x ~= math.floor(x) then
+      return redis.error_reply('PSI bad number at argument ' .. (i + j))
+    end
+  end
+end
+
+local tag, owner = ARGV[1], ARGV[2]
+for a = 0, m - 1 do
+  local req, fingerprint, reply = ARGV[7 + 3 * a], ARGV[8 + 3 * a], ARGV[9 + 3 * a]
+  local hold_key = tag .. ':hold:' .. req
+  local fields = redis.call('HGETALL', hold_key)
+  for j = 1, #fields, 2 do
+    local level_key = tag .. ':lvl:' .. fields[j]
+    if redis.call('EXISTS', level_key) == 1 then
+      if redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1])) < 0 then
+        redis.call('HSET', level_key, 'hd', 0)
+      end
+    end
+  end
+  redis.call('DEL', hold_key)
+  redis.call('ZREM', KEYS[4], req)
+  if fingerprint ~= '' then
+    redis.call('SET', tag .. ':req:' .. req, fingerprint, 'EX', tonumber(ARGV[3]))
+  else
+    redis.call('DEL', tag .. ':req:' .. req)
+  end
+  if req ~= owner then
+    redis.call('RPUSH', tag .. ':reply:' .. req, reply)
+    redis.call('EXPIRE', tag .. ':reply:' .. req, tonumber(ARGV[4]))
+  end
+end
+
+for i = 7 + 3 * m, #ARGV, 4 do
+  local level_key = tag .. ':lvl:' .. ARGV[i]
+  local current = redis.call('HGET', level_key, 'v')
+  if not current or tonumber(current) < tonumber(ARGV[i + 3]) then
+    redis.call('HSET', level_key, 'oh', ARGV[i + 1], 'rs', ARGV[i + 2], 'v', ARGV[i + 3])
+  end
+end
+
+-- a leader that lost the lead (its ttl ran out) leaves the in-flight list to the new one
+if redis.call('GET', KEYS[1]) ~= owner then
+  return ''
+end
+redis.call('DEL', KEYS[3])
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then
+  redis.call('DEL', KEYS[1])
+  return ''
+end
+local next_req = string.match(head, '^(%S+)')
+redis.call('SET', KEYS[1], next_req, 'PX', tonumber(ARGV[5]))
+redis.call('RPUSH', tag .. ':reply:' .. next_req, 'lead')
+redis.call('EXPIRE', tag .. ':reply:' .. next_req, tonumber(ARGV[4]))
+return next_req

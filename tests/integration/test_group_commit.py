@@ -1,0 +1,249 @@
+"""Group commit on the real stores (MariaDB and SQLite, real Redis): one transaction per
+batch, answers for every waiter, the lead passed on, dead leaders replaced without a
+double effect, and waiters that give up or lose Redis leave nothing half-written."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from shared_lib.adapters import sql_tables as t
+from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.adapters.sql import SqlTransactions
+from shared_lib.domain.errors import StoreUnavailable
+from shared_lib.domain.model import Line, Order, OrderStatus, PlaceOrder, RequestMeta, utcnow
+from shared_lib.services import Deps, place_order
+from shared_lib.services.cache import rebuild_all
+from shared_lib.services.group_commit import LEAD, Pending, flush, persist
+from shared_lib.services.orders import _reserve
+from shared_lib.services.ports import GateAnswer
+from tests.conftest import seed_catalog
+from tests.integration.test_order_path import assert_invariants, db_level, meta, receive
+from tests.support import wait_until
+
+LEAD_MS = 5_000
+
+
+@pytest.fixture
+def deps(engine: sa.Engine, tx: SqlTransactions, gate: RedisGate) -> Deps:
+    seed_catalog(engine, {"A": 0}, ("W1",))
+    rebuild_all(tx, gate)
+    deps = Deps(tx=tx, gate=gate, journal=gate)
+    receive(deps, "stock", A=100)
+    return deps
+
+
+def pending(order_id: str, qty: int = 1, *, age_s: float = 0) -> Pending:
+    at = utcnow() - timedelta(seconds=age_s)
+    lines = (Line("A", qty),)
+    order = Order(order_id, "W1", OrderStatus.RESERVED, lines, at + timedelta(minutes=15))
+    fingerprint = PlaceOrder(order_id, "W1", lines).fingerprint()
+    return Pending(order, RequestMeta(f"key-{order_id}", "tester"), fingerprint, at)
+
+
+def enqueue(gate: RedisGate, p: Pending, lead_ms: int = LEAD_MS) -> bool:
+    """Journal an order as place_order does, without waiting; True if it leads."""
+    held = gate.enqueue("W1", p.request, p.fingerprint, p.order.lines, 30_000, p.encode(), lead_ms)
+    assert held.answer is GateAnswer.HELD
+    return held.lead
+
+
+def flush_as(deps: Deps, gate: RedisGate, p: Pending) -> dict[str, str]:
+    return flush(deps, gate, "W1", p.request, lambda q: _reserve(deps, q))
+
+
+def count(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def same_shard(gate: RedisGate, n: int) -> list[Pending]:
+    """n orders whose requests share one journal shard (the first one's)."""
+    found: list[Pending] = []
+    i = 0
+    while len(found) < n:
+        p = pending(f"o{i}")
+        if not found or gate._shard(p.request) == gate._shard(found[0].request):
+            found.append(p)
+        i += 1
+    return found
+
+
+def test_one_flush_commits_the_batch_in_one_transaction_and_answers_every_waiter(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    batch = same_shard(gate, 20)
+    leads = [enqueue(gate, p) for p in batch]
+    assert leads == [True] + [False] * 19
+    commits: list[int] = []
+
+    def on_commit(_conn: object) -> None:
+        commits.append(1)
+
+    event.listen(engine, "commit", on_commit)
+    answers = flush_as(deps, gate, batch[0])
+    event.remove(engine, "commit", on_commit)
+    assert len(commits) == 1
+    assert set(answers) == {p.request for p in batch}
+    assert db_level(engine, "A") == (100, 20)
+    assert count(engine, t.orders) == 20 and count(engine, t.idempotency_records) == 21
+    for p in batch[1:]:
+        reply = gate.next_reply("W1", p.request, 1.0)
+        assert reply is not None and p.order.order_id in reply
+    # the journal is empty, so the lead was released
+    assert gate.claim("W1", batch[0].request, LEAD_MS)
+    assert_invariants(engine, gate)
+
+
+def test_the_lead_passes_to_the_oldest_waiting_order(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    deps.journal_batch = 5
+    batch = same_shard(gate, 8)
+    for p in batch:
+        enqueue(gate, p)
+    answers = flush_as(deps, gate, batch[0])
+    assert set(answers) == {p.request for p in batch[:5]}
+    assert gate.next_reply("W1", batch[5].request, 1.0) == LEAD
+    answers = flush_as(deps, gate, batch[5])
+    assert set(answers) == {p.request for p in batch[5:]}
+    assert db_level(engine, "A") == (100, 8)
+    assert_invariants(engine, gate)
+
+
+def test_a_dead_leaders_batch_is_taken_again_and_commits_once(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    batch = same_shard(gate, 6)
+    for p in batch:
+        enqueue(gate, p, lead_ms=300)
+    # the leader takes the batch, commits it, and dies before it answers anyone
+    taken = gate.take("W1", batch[0].request, 100, 300)
+    assert taken is not None and len(taken) == 6
+    persist(deps, "W1", batch, lambda q: _reserve(deps, q))
+    assert db_level(engine, "A") == (100, 6)
+    # its lead expires; a waiter claims it and takes the same batch again
+    wait_until(
+        lambda: gate.claim("W1", batch[3].request, LEAD_MS), timeout=5, what="dead lead expired"
+    )
+    answers = flush_as(deps, gate, batch[3])
+    assert set(answers) == {p.request for p in batch}
+    assert all('"replayed":true' in answers[p.request] for p in batch)
+    assert db_level(engine, "A") == (100, 6)
+    assert count(engine, t.orders) == 6 and count(engine, t.movements) == 7
+    assert_invariants(engine, gate)
+
+
+def test_an_entry_that_outlived_its_hold_never_commits(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    old, fresh = same_shard(gate, 2)
+    old = pending(old.order.order_id, age_s=60)  # older than the 30 s hold
+    assert gate._shard(old.request) == gate._shard(fresh.request)
+    enqueue(gate, old)
+    enqueue(gate, fresh)
+    answers = flush_as(deps, gate, old)
+    assert "store_unavailable" in answers[old.request]
+    assert fresh.order.order_id in answers[fresh.request]
+    assert db_level(engine, "A") == (100, 1)
+    assert_invariants(engine, gate)
+
+
+def ghost_leads(gate: RedisGate) -> None:
+    """A leader that never answers: every shard's lead is taken for a minute."""
+    for shard in range(gate.journal_shards):
+        gate.client.set(f"{gate.tag('W1')}:lead:{shard}", "ghost", px=60_000)
+
+
+def test_a_waiter_without_a_leader_gives_up_and_leaves_nothing(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    ghost_leads(gate)
+    deps.journal_wait_s = 0.5
+    order = PlaceOrder("o1", "W1", (Line("A", 3),))
+    with pytest.raises(StoreUnavailable):
+        place_order(deps, order, meta("o1"))
+    assert db_level(engine, "A") == (100, 0) and count(engine, t.orders) == 0
+    tag = gate.tag("W1")
+    assert not any(gate.client.llen(f"{tag}:journal:{s}") for s in range(gate.journal_shards))
+    assert gate.read("W1", ["A"])["A"].held == 0
+    # the same request later succeeds once a leader is around again
+    for shard in range(gate.journal_shards):
+        gate.client.delete(f"{tag}:lead:{shard}")
+    assert place_order(deps, order, meta("o1")).body["status"] == "reserved"
+    assert_invariants(engine, gate)
+
+
+def test_redis_lost_while_waiting_commits_the_order_once_without_it(
+    engine: sa.Engine, tx: SqlTransactions, private_redis
+):
+    seed_catalog(engine, {"A": 0}, ("W1",))
+    gate = RedisGate(redis.Redis(port=private_redis.port, socket_timeout=0.5), prefix="gc")
+    rebuild_all(tx, gate)
+    deps = Deps(tx=tx, gate=gate, journal=gate)
+    receive(deps, "stock", A=10)
+    ghost_leads(gate)
+    tag = gate.tag("W1")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(
+            place_order, deps, PlaceOrder("o1", "W1", (Line("A", 2),)), meta("o1")
+        )
+        wait_until(
+            lambda: any(gate.client.llen(f"{tag}:journal:{s}") for s in range(2)),
+            timeout=5,
+            what="order journaled",
+        )
+        private_redis.stop()
+        outcome = waiting.result(timeout=30)
+    assert outcome.degraded and outcome.body["status"] == "reserved"
+    assert db_level(engine, "A") == (10, 2) and count(engine, t.orders) == 1
+    assert_invariants(engine)
+
+
+def test_many_threads_one_hot_sku_group_commit_never_oversells(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    start = threading.Barrier(40)
+
+    def buy(i: int) -> str:
+        start.wait(timeout=30)
+        try:
+            place_order(deps, PlaceOrder(f"b{i}", "W1", (Line("A", 3),)), meta(f"b{i}"))
+            return "ok"
+        except Exception as exc:
+            return type(exc).__name__
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        outcomes = sorted(pool.map(buy, range(40)))
+    assert outcomes.count("ok") == 33 and outcomes.count("InsufficientStock") == 7
+    assert db_level(engine, "A") == (100, 99)
+    assert_invariants(engine, gate)
+
+
+def test_a_journal_flushed_away_while_waiting_commits_the_order_once(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    ghost_leads(gate)
+    tag = gate.tag("W1")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(
+            place_order, deps, PlaceOrder("o1", "W1", (Line("A", 2),)), meta("o1")
+        )
+        wait_until(
+            lambda: any(gate.client.llen(f"{tag}:journal:{s}") for s in range(2)),
+            timeout=5,
+            what="order journaled",
+        )
+        # the gate's keys of this warehouse vanish at once (FLUSHALL, a restart without
+        # persistence)
+        gate.client.delete(*gate.client.scan_iter(match=f"{tag}*"))
+        outcome = waiting.result(timeout=30)
+    assert outcome.degraded and outcome.body["status"] == "reserved"
+    assert db_level(engine, "A") == (100, 2) and count(engine, t.orders) == 1
+    assert_invariants(engine)
