@@ -24,6 +24,13 @@ from shared_lib.services.reconcile import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# the ledger of one balance is a range of this index; MySQL/MariaDB may otherwise join on
+# (sku, id) and read the movements of every warehouse
+LEDGER_INDEX = next(
+    index.name
+    for index in t.movements.indexes
+    if [c.name for c in index.columns] == ["warehouse", "sku", "id"]
+)
 
 
 class SqlReconcileStore:
@@ -159,29 +166,31 @@ class SqlReconcileStore:
             rows = conn.execute(query.order_by(s.c.sku).limit(limit)).all()
             if not rows:
                 return []
-            # one grouped query per page, a range scan of the (warehouse, sku, id) index
-            sums = {
-                r.sku: (int(r.on_hand), int(r.reserved))
-                for r in conn.execute(
-                    sa.select(
-                        m.c.sku,
-                        sa.func.sum(m.c.delta_on_hand).label("on_hand"),
-                        sa.func.sum(m.c.delta_reserved).label("reserved"),
-                    )
-                    .where(
-                        m.c.warehouse == warehouse,
-                        m.c.sku >= rows[0].sku,
-                        m.c.sku <= rows[-1].sku,
-                    )
-                    .group_by(m.c.sku)
+            # the ledger is compared by the database, in the same snapshot and over the same
+            # sku range: only the balances that differ from their ledger sum come back
+            ledger_on_hand = sa.func.coalesce(sa.func.sum(m.c.delta_on_hand), 0)
+            ledger_reserved = sa.func.coalesce(sa.func.sum(m.c.delta_reserved), 0)
+            differ = (
+                sa.select(s.c.sku, ledger_on_hand, ledger_reserved)
+                .select_from(
+                    s.outerjoin(m, sa.and_(m.c.warehouse == s.c.warehouse, m.c.sku == s.c.sku))
                 )
-            }
+                .where(s.c.warehouse == warehouse, s.c.sku >= rows[0].sku, s.c.sku <= rows[-1].sku)
+                .group_by(s.c.sku)
+                .having(
+                    sa.or_(
+                        ledger_on_hand != sa.func.max(s.c.on_hand),
+                        ledger_reserved != sa.func.max(s.c.reserved),
+                    )
+                )
+                .with_hint(m, f"USE INDEX ({LEDGER_INDEX})", dialect_name="mysql")
+                .with_hint(m, f"USE INDEX ({LEDGER_INDEX})", dialect_name="mariadb")
+            )
+            ledger = {sku: (int(oh), int(rs)) for sku, oh, rs in conn.execute(differ)}
+            # BIGINT columns come back as int; the loop runs once per balance, so it is lean
             return [
-                Balance(
-                    Level(r.sku, warehouse, int(r.on_hand), int(r.reserved), int(r.version)),
-                    *sums.get(r.sku, (0, 0)),
-                )
-                for r in rows
+                Balance(Level(sku, warehouse, oh, rs, v), *ledger.get(sku, (oh, rs)))
+                for sku, oh, rs, v in rows
             ]
 
         return self._run(work, snapshot=True)
@@ -206,17 +215,19 @@ class SqlReconcileStore:
 
     def existing_skus(self, warehouse: str, skus: Sequence[str]) -> set[str]:
         s = t.stock_levels
-        if not skus:
+        wanted = sorted(set(skus))
+        if not wanted:
             return set()
-        return self._run(
-            lambda conn: set(
-                conn.execute(
-                    sa.select(s.c.sku).where(
-                        s.c.warehouse == warehouse, s.c.sku.in_(sorted(set(skus)))
-                    )
-                ).scalars()
-            )
-        )
+        where = (s.c.warehouse == warehouse, s.c.sku.in_(wanted))
+
+        def work(conn: Connection) -> set[str]:
+            # nearly always every sku exists: counting them spares reading them all back
+            count = conn.execute(sa.select(sa.func.count()).select_from(s).where(*where))
+            if count.scalar_one() == len(wanted):
+                return set(wanted)
+            return set(conn.execute(sa.select(s.c.sku).where(*where)).scalars())
+
+        return self._run(work)
 
     # -- holds
     def expired_holds(

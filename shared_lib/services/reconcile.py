@@ -6,9 +6,12 @@ delivered many times, or to many replicas at once, runs once and answers the sam
 left ``running`` for longer than ``stale_after`` (a crashed replica), or one that failed,
 is taken over by the next delivery.
 
-The scan streams every (warehouse, sku) balance in keyset pages; per page it reads the
-ledger sums with one grouped query and the gate with one pipeline, so memory stays flat
-however many balances there are (drift rows are spooled to a temporary file).
+The scan streams every (warehouse, sku) balance in keyset pages, each read with its ledger
+comparison in one database snapshot, and compares each page with the gate in one pipeline;
+memory stays flat however many balances there are (a page or two read ahead, drift rows
+spooled to a temporary file). A worker thread reads the next page while the current one is
+compared, and another looks for orphans in the gate meanwhile: the work is mostly waiting
+on the stores' round trips, which so overlap.
 
 * ``gate_missing`` / ``gate_mismatch``: the gate differs from the database. Confirmed by
   re-reading both (gate first, so the database read is never the older one), then repaired
@@ -23,16 +26,20 @@ however many balances there are (drift rows are spooled to a temporary file).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import io
 import json
 import logging
+import queue
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from shared_lib import topics
 from shared_lib.domain import events
@@ -47,7 +54,7 @@ log = logging.getLogger(__name__)
 
 RUN_KEY_MAX = 100
 ERROR_MAX = 500
-BATCH = 1000
+BATCH = 5000
 CONFIRM_ATTEMPTS = 3
 SPOOL_BYTES = 4 * 1024 * 1024
 ACTOR = "reconcile"
@@ -71,6 +78,7 @@ RESULT_KEYS = (
 )
 
 Progress = Callable[[int, int | None], None]
+T = TypeVar("T")
 
 
 # ---- what the reconcile needs from the stores ------------------------------------------
@@ -246,6 +254,10 @@ class DriftLog:
         self.found += 1
         self.repaired += int(drift.repaired)
         self._file.write(json.dumps(asdict(drift), separators=(",", ":")) + "\n")
+
+    def add_all(self, rows: Iterable[Drift]) -> None:
+        for drift in rows:
+            self.add(drift)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         self._file.seek(0)
@@ -431,29 +443,130 @@ def _scan(
     checked = 0
     if on_progress is not None:
         on_progress(0, total)
-    for warehouse in records.warehouse_codes():
-        compare = gate is not None and _gate_ready(deps, gate, warehouse, drift, repair)
-        after: str | None = None
-        while True:
-            page = records.balances_page(warehouse, after, batch_size)
-            if not page:
-                break
-            after = page[-1].level.sku
-            for balance in page:
-                if not balance.consistent:
-                    drift.add(_ledger_drift(balance))
-            if compare:
-                assert gate is not None
-                for row in compare_gate(records, gate, warehouse, page, repair):
-                    drift.add(row)
-            checked += len(page)
-            if on_progress is not None:
-                on_progress(checked, total)
-        if compare:
-            assert gate is not None
-            for row in find_orphans(records, gate, warehouse, batch_size):
-                drift.add(row)
+    warehouses = records.warehouse_codes()
+    compared: set[str] = set()
+    if gate is not None:
+        compared = {w for w in warehouses if _gate_ready(deps, gate, w, drift, repair)}
+    # the search for orphans needs nothing from the balances: it runs alongside them
+    orphan_search = _orphans(records, gate, sorted(compared), batch_size)
+    with contextlib.closing(_Ahead(orphan_search)) as orphans:
+        for warehouse in warehouses:
+            compare = gate if warehouse in compared else None
+            pages = _Ahead(_balance_pages(records, warehouse, batch_size))
+            with contextlib.closing(pages):
+                for page in pages:
+                    _check_page(records, compare, warehouse, page, drift, repair)
+                    checked += len(page)
+                    if on_progress is not None:
+                        on_progress(checked, total)
+                    for found in orphans.available():
+                        drift.add_all(found)
+        for found in orphans:
+            drift.add_all(found)
     return checked
+
+
+def _check_page(
+    records: ReconcileStore,
+    gate: ReconcileGate | None,
+    warehouse: str,
+    page: Sequence[Balance],
+    drift: DriftLog,
+    repair: bool,
+) -> None:
+    for balance in page:
+        if not balance.consistent:
+            drift.add(_ledger_drift(balance))
+    if gate is not None:
+        drift.add_all(compare_gate(records, gate, warehouse, page, repair))
+
+
+def _balance_pages(
+    records: ReconcileStore, warehouse: str, batch_size: int
+) -> Iterator[list[Balance]]:
+    """Every balance of the warehouse, a keyset page at a time."""
+    after: str | None = None
+    while page := records.balances_page(warehouse, after, batch_size):
+        yield page
+        after = page[-1].level.sku
+
+
+def _orphans(
+    records: ReconcileStore, gate: ReconcileGate | None, warehouses: list[str], batch_size: int
+) -> Iterator[list[Drift]]:
+    """The orphans of each warehouse, one (mostly empty) list per chunk of gate keys."""
+    if gate is None:
+        return
+    for warehouse in warehouses:
+        for chunk in _chunks(gate.skus(warehouse), batch_size):
+            yield list(find_orphans(records, gate, warehouse, chunk))
+
+
+_DONE = object()
+
+
+class _Ahead(Iterator[T]):
+    """``items`` produced by a worker thread at most ``depth`` ahead of the consumer, so
+    the stores' round trips overlap the consumer's work while memory stays bounded.
+
+    The producer's error is raised to the consumer, in order. ``close`` (always: use
+    ``contextlib.closing``) stops the producer at its next item and waits for it.
+    """
+
+    def __init__(self, items: Iterator[T], depth: int = 2) -> None:
+        self._ready: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._finished = False
+        context = contextvars.copy_context()
+        self._worker = threading.Thread(
+            target=context.run, args=(self._produce, items), name="reconcile-ahead", daemon=True
+        )
+        self._worker.start()
+
+    def _produce(self, items: Iterator[T]) -> None:
+        try:
+            for item in items:
+                self._ready.put((item, None))
+                if self._stop.is_set():
+                    return
+            self._ready.put((_DONE, None))
+        except BaseException as exc:
+            self._ready.put((_DONE, exc))
+
+    def _take(self, item: Any, error: BaseException | None) -> T:
+        if item is _DONE:
+            self._finished = True
+            if error is not None:
+                raise error
+            raise StopIteration
+        return cast(T, item)
+
+    def __next__(self) -> T:
+        if self._finished:
+            raise StopIteration
+        return self._take(*self._ready.get())
+
+    def available(self) -> Iterator[T]:
+        """The items produced so far, without waiting for more."""
+        while not self._finished:
+            try:
+                ready = self._ready.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                yield self._take(*ready)
+            except StopIteration:
+                return
+
+    def close(self) -> None:
+        # the producer checks `stop` after every put, so once the queue is emptied it makes
+        # at most one more put, which cannot block
+        self._finished = True
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._ready.get_nowait()
+        self._worker.join()
 
 
 def _ledger_drift(balance: Balance) -> Drift:
@@ -509,7 +622,17 @@ def compare_gate(
 ) -> list[Drift]:
     """Drift between the gate and one page of balances, confirmed and (optionally) repaired."""
     seen = gate.read(warehouse, [b.level.sku for b in page])
-    suspects = [b.level.sku for b in page if not _same(seen.get(b.level.sku), b.level)]
+    suspects: list[str] = []
+    for balance in page:
+        level = balance.level
+        cached = seen.get(level.sku)
+        if (
+            cached is None
+            or cached.version != level.version
+            or cached.on_hand != level.on_hand
+            or cached.reserved != level.reserved
+        ):
+            suspects.append(level.sku)
     if not suspects:
         return []
     # gate first, database second: a database row older than the gate reading is impossible
@@ -563,16 +686,15 @@ def _version(cached: GateReading | None) -> int | None:
 
 
 def find_orphans(
-    records: ReconcileStore, gate: ReconcileGate, warehouse: str, batch_size: int
+    records: ReconcileStore, gate: ReconcileGate, warehouse: str, skus: Sequence[str]
 ) -> Iterator[Drift]:
-    """Gate levels with no database balance (reported, never removed)."""
-    for chunk in _chunks(gate.skus(warehouse), batch_size):
-        missing = sorted(set(chunk) - records.existing_skus(warehouse, chunk))
-        if not missing:
-            continue
-        cached = gate.read(warehouse, missing)
-        for sku in missing:
-            yield _with_gate(Drift(GATE_ORPHAN, warehouse, sku), cached.get(sku))
+    """Those of ``skus`` (gate levels) with no database balance (reported, never removed)."""
+    missing = sorted(set(skus) - records.existing_skus(warehouse, skus))
+    if not missing:
+        return
+    cached = gate.read(warehouse, missing)
+    for sku in missing:
+        yield _with_gate(Drift(GATE_ORPHAN, warehouse, sku), cached.get(sku))
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:

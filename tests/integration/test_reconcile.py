@@ -30,7 +30,7 @@ from shared_lib.adapters.reports import LocalReports, S3Reports
 from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.adapters.sql_reconcile import SqlReconcileStore
 from shared_lib.domain.errors import RequestInProgress
-from shared_lib.domain.model import Line, PlaceOrder, ReceiveStock, RequestMeta, utcnow
+from shared_lib.domain.model import Level, Line, PlaceOrder, ReceiveStock, RequestMeta, utcnow
 from shared_lib.events_schema import validate_event
 from shared_lib.services import Deps, place_order, receive_stock
 from shared_lib.services.cache import rebuild_all
@@ -179,6 +179,45 @@ def test_a_ledger_mismatch_is_reported_not_repaired(
     assert db_level(engine, "W1", "C")[0] == 12  # the record is left for a person
     assert gate_level(gate, "W1", "C") == db_level(engine, "W1", "C")  # Redis follows MySQL
     assert (result["drift_found"], result["drift_repaired"]) == (2, 1)
+
+
+def test_the_store_compares_every_balance_with_its_ledger_page_by_page(
+    deps: Deps, engine: sa.Engine, records: SqlReconcileStore
+) -> None:
+    s = t.stock_levels
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(sa.update(s).where(s.c.warehouse == "W1", s.c.sku == "B").values(reserved=1))
+        conn.execute(sa.update(s).where(s.c.warehouse == "W1", s.c.sku == "D").values(on_hand=3))
+        conn.execute(
+            t.products.insert(),
+            [{"sku": sku, "name": sku, "created_at": now, "updated_at": now} for sku in "EF"],
+        )
+        # balances without any movement: E's ledger sums to 0, F agrees with it
+        conn.execute(
+            s.insert(),
+            [
+                {"warehouse": "W1", "sku": "E", "on_hand": 2, "updated_at": now},
+                {"warehouse": "W1", "sku": "F", "on_hand": 0, "updated_at": now},
+            ],
+        )
+
+    def db(level: Level) -> tuple[str, int, int]:
+        return level.sku, level.on_hand, level.reserved
+
+    pages, after = [], None
+    while page := records.balances_page("W1", after, 2):
+        pages.append([(*db(b.level), b.ledger_on_hand, b.ledger_reserved) for b in page])
+        after = page[-1].level.sku
+
+    assert pages == [  # sku, on_hand, reserved, then the ledger's on_hand and reserved
+        [("A", 10, 0, 10, 0), ("B", 5, 1, 5, 0)],
+        [("C", 7, 0, 7, 0), ("D", 3, 0, 1, 0)],
+        [("E", 2, 0, 0, 0), ("F", 0, 0, 0, 0)],
+    ]
+    assert records.existing_skus("W1", ["C", "A", "C"]) == {"A", "C"}
+    assert records.existing_skus("W1", ["A", "GHOST"]) == {"A"}
+    assert records.existing_skus("W1", []) == set()
 
 
 def test_an_order_past_its_hold_is_expired_in_both_stores(

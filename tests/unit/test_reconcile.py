@@ -3,10 +3,13 @@ per key, the report and the completion event."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import threading
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,14 @@ from shared_lib.domain.model import (
 from shared_lib.events_schema import validate_event
 from shared_lib.services import Deps, place_order, receive_stock
 from shared_lib.services.cache import rebuild_warehouse
-from shared_lib.services.reconcile import FAILED, FINISHED, RESULT_KEYS, RunRecord, reconcile
+from shared_lib.services.reconcile import (
+    FAILED,
+    FINISHED,
+    RESULT_KEYS,
+    RunRecord,
+    _Ahead,
+    reconcile,
+)
 from tests.fakes import FakeTransactions
 from tests.fakes_reconcile import Clock, FakeReconcileStore, MemoryReports, ReconcileMemoryGate
 
@@ -404,6 +414,72 @@ def test_balances_stream_in_pages_and_progress_is_reported(
     assert result["checked"] == 4
     assert seen == [(0, 4), (2, 4), (3, 4), (4, 4)]
     assert records.pages == 5  # W1: 2 + 1 + empty, W2: 1 + empty
+
+
+def test_orphans_in_every_chunk_and_warehouse_are_reported_alongside_the_scan(
+    deps: Deps, records: FakeReconcileStore, gate: ReconcileMemoryGate, reports: MemoryReports
+) -> None:
+    ghosts = [("W1", "GHOST1"), ("W1", "GHOST2"), ("W2", "GHOST3")]
+    for key in ghosts:
+        gate.levels[key] = {"oh": 4, "rs": 0, "v": 3, "hd": 0}
+    gate.levels[("W2", "A")]["oh"] = 99
+
+    result = run(deps, records, gate, reports, batch_size=1)
+
+    assert (result["checked"], result["drift_found"], result["drift_repaired"]) == (4, 4, 1)
+    summary, _ = report_of(reports, result)
+    orphans = [(r["warehouse"], r["sku"]) for r in summary["drift"] if r["kind"] == "gate_orphan"]
+    assert sorted(orphans) == ghosts
+
+
+def test_a_store_failing_mid_scan_fails_the_run_and_stops_its_workers(
+    deps: Deps,
+    records: FakeReconcileStore,
+    gate: ReconcileMemoryGate,
+    reports: MemoryReports,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_read = gate.read
+    reads = 0
+
+    def flaky_read(warehouse: str, skus: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            raise RuntimeError("redis went away")
+        return real_read(warehouse, skus)
+
+    def broken_skus(warehouse: str) -> Any:
+        raise RuntimeError("scan failed")
+        yield
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gate, "read", flaky_read)
+        with pytest.raises(RuntimeError, match="redis went away"):
+            run(deps, records, gate, reports, key="read", batch_size=1)
+        patch.setattr(gate, "read", real_read)
+        patch.setattr(gate, "skus", broken_skus)
+        with pytest.raises(RuntimeError, match="scan failed"):
+            run(deps, records, gate, reports, key="scan", batch_size=1)
+
+    assert records.runs["read"].status == records.runs["scan"].status == FAILED
+    assert not [t for t in threading.enumerate() if t.name == "reconcile-ahead"]
+
+
+def test_read_ahead_stays_bounded_and_stops_when_closed() -> None:
+    produced = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal produced
+        while True:
+            produced += 1
+            yield produced
+
+    with contextlib.closing(_Ahead(endless(), depth=2)) as ahead:
+        assert [next(ahead) for _ in range(5)] == [1, 2, 3, 4, 5]
+    # at most the 5 taken, the 2 queued and the 1 being put when it was closed
+    assert produced <= 8
+    assert list(ahead) == [] and list(ahead.available()) == []
 
 
 def test_a_warehouse_off_the_fast_path_is_rebuilt(
