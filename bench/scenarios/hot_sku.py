@@ -4,8 +4,9 @@ Variants (each on its own sku of the same fresh database, one after the other):
   mysql_for_update   SELECT ... FOR UPDATE, then UPDATE + ledger INSERT, one transaction
   mysql_conditional  UPDATE ... WHERE on_hand - reserved >= :qty, then ledger INSERT
   redis_evalsha      raw EVALSHA of a tiny check-and-decrement script (the ceiling)
-  psi_order_path     shared_lib.services.place_order: Redis try_hold -> one MySQL
-                     transaction (balance, ledger, order, lines, outbox, idempotency) -> settle
+  psi_order_path     shared_lib.services.place_order with group commit: Redis try_hold and
+                     journal -> the flush leader writes the batch in one MySQL transaction
+                     (balance, ledger, orders, lines, outbox, idempotency) -> answers
 """
 
 from __future__ import annotations
