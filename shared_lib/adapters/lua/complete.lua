@@ -28,18 +28,7 @@ end
 local tag, owner = ARGV[1], ARGV[2]
 for a = 0, m - 1 do
   local req, fingerprint, reply = ARGV[7 + 3 * a], ARGV[8 + 3 * a], ARGV[9 + 3 * a]
-  local hold_key = tag .. ':hold:' .. req
-  local fields = redis.call('HGETALL', hold_key)
-  for j = 1, #fields, 2 do
-    local level_key = tag .. ':lvl:' .. fields[j]
-    if redis.call('EXISTS', level_key) == 1 then
-      if redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1])) < 0 then
-        redis.call('HSET', level_key, 'hd', 0)
-      end
-    end
-  end
-  redis.call('DEL', hold_key)
-  redis.call('ZREM', KEYS[4], req)
+  drop_hold(tag, KEYS[4], req)
   if fingerprint ~= '' then
     redis.call('SET', tag .. ':req:' .. req, fingerprint, 'EX', tonumber(ARGV[3]))
   else

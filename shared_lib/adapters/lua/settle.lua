@@ -21,17 +21,7 @@ end
 
 local tag = ARGV[1]
 if ARGV[2] ~= '' then
-  local fields = redis.call('HGETALL', KEYS[2])
-  for j = 1, #fields, 2 do
-    local level_key = tag .. ':lvl:' .. fields[j]
-    if redis.call('EXISTS', level_key) == 1 then
-      if redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1])) < 0 then
-      redis.call('HSET', level_key, 'hd', 0)
-    end
-    end
-  end
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[1], ARGV[2])
+  drop_hold(tag, KEYS[1], ARGV[2])
   -- the marker outlives the hold, so a replay is recognised even after a degraded first try
   if ARGV[4] ~= '' then
     redis.call('SET', KEYS[3], ARGV[4], 'EX', tonumber(ARGV[3]))

@@ -48,18 +48,7 @@ local tag = ARGV[1]
 -- holds whose request never settled (a crash between try and persist) give their units back
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
 for _, req in ipairs(expired) do
-  local hold_key = tag .. ':hold:' .. req
-  local fields = redis.call('HGETALL', hold_key)
-  for j = 1, #fields, 2 do
-    local level_key = tag .. ':lvl:' .. fields[j]
-    if redis.call('EXISTS', level_key) == 1 then
-      if redis.call('HINCRBY', level_key, 'hd', -tonumber(fields[j + 1])) < 0 then
-      redis.call('HSET', level_key, 'hd', 0)
-    end
-    end
-  end
-  redis.call('DEL', hold_key)
-  redis.call('ZREM', KEYS[2], req)
+  drop_hold(tag, KEYS[2], req)
 end
 
 local short = {}
