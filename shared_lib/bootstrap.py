@@ -136,6 +136,8 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         background = BackgroundRelay(relay).start()
         closers.append(background.stop)
 
+    from shared_lib.http import metrics
+
     deps = Deps(
         tx=tx,
         gate=gate,
@@ -147,6 +149,7 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         journal=gate if settings.group_commit else None,
         journal_batch=settings.group_commit_batch,
         journal_wait_s=settings.group_commit_wait_ms / 1000,
+        on_flush=metrics.observe_flush,
     )
     return Platform(
         settings,

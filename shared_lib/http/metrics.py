@@ -64,6 +64,13 @@ OUTBOX_LAG = Gauge(
     "Age of the oldest unpublished outbox row",
     multiprocess_mode="livemostrecent",
 )
+GROUP_COMMIT_BATCH = Histogram(
+    "psi_group_commit_batch_size",
+    "Orders per group-commit batch, by how it was written (batch, or one_by_one when the "
+    "batch as a whole was refused)",
+    ["written"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
 RECONCILE_DRIFT = Counter(
     "psi_reconcile_drift_total", "Drift rows found and repaired by reconcile", ["state"]
 )
@@ -82,6 +89,9 @@ NAMES: dict[str, tuple[str, ...]] = {
     "psi_outbox_pending": (),
     "psi_outbox_lag_seconds": (),
     "psi_reconcile_drift_total": ("state",),
+    "psi_group_commit_batch_size_bucket": ("written", "le"),
+    "psi_group_commit_batch_size_count": ("written",),
+    "psi_group_commit_batch_size_sum": ("written",),
 }
 
 # counters exist at 0 from the start, so rate()/increase() see their first increment
@@ -109,6 +119,10 @@ def observe_reconcile(result: Mapping[str, Any]) -> None:
     """Count the drift of one reconcile run (not of replayed answers)."""
     RECONCILE_DRIFT.labels("found").inc(int(result.get("drift_found") or 0))
     RECONCILE_DRIFT.labels("repaired").inc(int(result.get("drift_repaired") or 0))
+
+
+def observe_flush(size: int, one_by_one: bool) -> None:
+    GROUP_COMMIT_BATCH.labels("one_by_one" if one_by_one else "batch").observe(size)
 
 
 def observe_outbox(relay: Any) -> None:

@@ -258,11 +258,15 @@ def persist(
     if not pendings:
         return {}, []
     try:
-        return deps.tx.run(lambda store: _batch(deps, store, warehouse, pendings))
+        written = deps.tx.run(lambda store: _batch(deps, store, warehouse, pendings))
     except StoreUnavailable as exc:
         return {p.request: Result(error=exc) for p in pendings}, []
     except Exception as exc:  # every refusal is settled entry by entry
         log.info("batch of %d orders refused (%s); writing them one by one", len(pendings), exc)
+    else:
+        deps.on_flush(len(pendings), False)
+        return written
+    deps.on_flush(len(pendings), True)
     results: dict[str, Result] = {}
     newest: dict[str, Level] = {}
     for p in pendings:

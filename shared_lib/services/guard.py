@@ -77,6 +77,8 @@ class Deps:
     journal_batch: int = 500
     journal_wait_s: float = 10.0
     journal_lead_ms: int = 5_000
+    # told the size of every batch written and whether it had to be written order by order
+    on_flush: Callable[[int, bool], None] = lambda size, one_by_one: None
 
     @property
     def reads(self) -> Transactions:

@@ -158,6 +158,9 @@ def test_metrics_follow_real_traffic(api: Api, redis_client: redis.Redis) -> Non
     )
     assert grew(before, after, "psi_oversell_rejections_total", function="create-order") == 1
     assert value(after, "psi_degraded_mode", function="create-order") == 0  # the fast path ran
+    # the fast order was group-committed: a batch of one
+    assert grew(before, after, "psi_group_commit_batch_size_count", written="batch") == 1
+    assert grew(before, after, "psi_group_commit_batch_size_sum", written="batch") == 1
     dead = {"function": "stock-in", "topic": topics.STOCK_IN_REQUESTED}
     assert grew(before, after, "psi_dead_letters_total", **dead) == 1
     assert grew(before, after, "psi_reconcile_drift_total", state="found") == 1

@@ -162,3 +162,11 @@ def test_fingerprints_are_the_canonical_json_of_the_whole_command(command: Comma
         separators=(",", ":"),
     )
     assert command.fingerprint() == hashlib.sha256(body.encode()).hexdigest()
+
+
+def test_every_batch_is_told_with_its_size_and_how_it_was_written(deps: Deps, tx: FakeTransactions):
+    flushes: list[tuple[int, bool]] = []
+    deps.on_flush = lambda size, one_by_one: flushes.append((size, one_by_one))
+    run(deps, [pending("o1", A=2), pending("o2", A=3)])
+    run(deps, [pending(f"p{i}", A=3) for i in range(3)])  # 9 wanted, 5 left
+    assert flushes == [(2, False), (3, True)]
