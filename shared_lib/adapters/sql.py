@@ -167,6 +167,21 @@ class SqlStore:
         self.conn = conn
         self.dialect = conn.dialect.name
 
+    def _insert_many(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+        """One multi-row INSERT. On MySQL the rows go straight to the driver's executemany,
+        which renders them as one statement: for a group-commit batch that is half the CPU
+        of SQLAlchemy's per-row parameter handling."""
+        if not rows:
+            return
+        if self.dialect not in ("mysql", "mariadb"):
+            self.conn.execute(table.insert(), list(rows))
+            return
+        columns = list(rows[0])
+        statement = "INSERT INTO {} ({}) VALUES ({})".format(
+            table.name, ", ".join(columns), ", ".join(["%s"] * len(columns))
+        )
+        self.conn.exec_driver_sql(statement, [tuple(r[c] for c in columns) for r in rows])
+
     # -- idempotency
     def recall(self, key: str) -> tuple[str, dict[str, Any]] | None:
         r = t.idempotency_records
@@ -202,10 +217,8 @@ class SqlStore:
             }
             for key, fingerprint, kind, response in records
         ]
-        if not rows:
-            return
         try:
-            self.conn.execute(t.idempotency_records.insert(), rows)
+            self._insert_many(t.idempotency_records, rows)
         except sa.exc.IntegrityError as exc:
             raise AlreadyRecorded(rows[0]["idempotency_key"]) from exc
 
@@ -313,13 +326,13 @@ class SqlStore:
         if not orders:
             return
         try:
-            self.conn.execute(t.orders.insert(), [_order_row(order, at) for order, at in orders])
+            self._insert_many(t.orders, [_order_row(order, at) for order, at in orders])
         except sa.exc.IntegrityError as exc:
             if not is_duplicate(exc):
                 raise
             raise AlreadyRecorded(orders[0][0].order_id) from exc
-        self.conn.execute(
-            t.order_lines.insert(),
+        self._insert_many(
+            t.order_lines,
             [
                 {"order_id": order.order_id, "sku": ln.sku, "qty": ln.qty}
                 for order, _ in orders
@@ -374,8 +387,7 @@ class SqlStore:
             }
             for topic, key, event in events
         ]
-        if rows:
-            self.conn.execute(t.outbox.insert(), rows)
+        self._insert_many(t.outbox, rows)
 
     # -- catalog writes
     def upsert_product(self, product: Product) -> bool:
