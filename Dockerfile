@@ -35,6 +35,8 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY gunicorn.conf.py ./
 COPY functions ./functions
+# bytecode ahead of time: PYTHONDONTWRITEBYTECODE keeps a start from writing it
+RUN python -m compileall -q /app/functions
 USER 10001:10001
 EXPOSE 8080
 STOPSIGNAL SIGTERM
