@@ -112,9 +112,7 @@ def reported_counts(result: Any) -> dict[str, Any]:
         body = dataclasses.asdict(body)
     elif not isinstance(body, dict):
         body = getattr(body, "__dict__", {})
-    counts = {
-        k: v for k, v in body.items() if isinstance(v, int | float | str | bool) or v is None
-    }
+    counts = {k: v for k, v in body.items() if isinstance(v, int | float | str | bool) or v is None}
     # the report lives in a throwaway directory: keep where under it, not the machine's path
     if isinstance(counts.get("report_uri"), str):
         counts["report_uri"] = counts["report_uri"].split("/reports/", 1)[-1]
