@@ -91,13 +91,16 @@ class Stores:
         self.prefix = f"psib{token}"
         self._created = False
 
-    def __enter__(self) -> Stores:
+    def _on_server(self, statement: str) -> None:
         admin = sa.create_engine(self.cfg.mysql_server + "/", poolclass=NullPool)
         try:
             with admin.connect() as conn:
-                conn.execute(sa.text(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4"))
+                conn.execute(sa.text(statement))
         finally:
             admin.dispose()
+
+    def __enter__(self) -> Stores:
+        self._on_server(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4")
         self._created = True
         schema.upgrade(self.url)
         return self
@@ -107,12 +110,7 @@ class Stores:
 
     def close(self) -> None:
         if self._created:
-            admin = sa.create_engine(self.cfg.mysql_server + "/", poolclass=NullPool)
-            try:
-                with admin.connect() as conn:
-                    conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{self.database}`"))
-            finally:
-                admin.dispose()
+            self._on_server(f"DROP DATABASE IF EXISTS `{self.database}`")
             self._created = False
         client = self.redis()
         try:

@@ -84,8 +84,8 @@ return g
 
 
 def _lua(name: str) -> str:
-    """A script that gives held units back, with the shared drop_hold in front of it."""
-    return (LUA / "holds.lua").read_text() + (LUA / name).read_text()
+    """A script with the shared functions (drop_hold, settle_level) in front of it."""
+    return (LUA / "common.lua").read_text() + (LUA / name).read_text()
 
 
 def connect(url: str, *, timeout: float = 0.5, data_dir: Path | None = None) -> redis.Redis:
@@ -211,7 +211,7 @@ class RedisGate:
         lines: Sequence[Line],
         hold_ms: int,
     ) -> HoldResult:
-        return self._hold(warehouse, request_id, fingerprint, lines, [hold_ms])
+        return self._hold(warehouse, request_id, fingerprint, lines, hold_ms)
 
     def _hold(
         self,
@@ -219,8 +219,10 @@ class RedisGate:
         request_id: str,
         fingerprint: str,
         lines: Sequence[Line],
-        tail: list[Any],
+        hold_ms: int,
+        journal: Sequence[Any] = (),
     ) -> HoldResult:
+        """try_hold.lua; `journal`: its optional entry, lead ttl and shard arguments."""
         if not self.reachable:
             return HoldResult(GateAnswer.UNAVAILABLE)
         tag = self.tag(warehouse)
@@ -228,8 +230,8 @@ class RedisGate:
         keys = [f"{tag}:ready", holds, hold, marker] + [
             self.level_key(warehouse, ln.sku) for ln in lines
         ]
-        args: list[Any] = [tag, request_id, fingerprint, tail[0]]
-        args += [ln.sku for ln in lines] + [ln.qty for ln in lines] + tail[1:]
+        args: list[Any] = [tag, request_id, fingerprint, hold_ms]
+        args += [ln.sku for ln in lines] + [ln.qty for ln in lines] + list(journal)
         try:
             if warehouse in self._stale:
                 self.invalidate(warehouse)
@@ -265,9 +267,8 @@ class RedisGate:
         lead_ms: int,
     ) -> HoldResult:
         """try_hold, and once held append `entry` to the journal and try to take the lead."""
-        shard = self._shard(request_id)
-        tail: list[Any] = [hold_ms, f"{request_id} {entry}", lead_ms, shard]
-        return self._hold(warehouse, request_id, fingerprint, lines, tail)
+        journal = (f"{request_id} {entry}", lead_ms, self._shard(request_id))
+        return self._hold(warehouse, request_id, fingerprint, lines, hold_ms, journal)
 
     def _shard(self, request_id: str) -> int:
         return zlib.crc32(request_id.encode()) % self.journal_shards

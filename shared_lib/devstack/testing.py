@@ -1,4 +1,4 @@
-"""Test helpers with no pytest dependency: an HTTP sink and a bounded condition wait."""
+"""Test helpers with no pytest dependency: an HTTP sink that records what it is sent."""
 
 from __future__ import annotations
 
@@ -8,24 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import TypeVar
-
-T = TypeVar("T")
-
-
-def wait_until(
-    probe: Callable[[], T | None], *, timeout: float, interval: float = 0.02, what: str = ""
-) -> T:
-    """Call ``probe`` until it returns something truthy; TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"condition not met within {timeout}s: {what or probe!r}")
-        pause.wait(interval)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from shared_lib import topics
@@ -90,7 +91,7 @@ class Pending:
     fingerprint: str
     at: datetime
 
-    @property
+    @cached_property
     def request(self) -> str:
         return request_id(self.meta.idempotency_key)
 

@@ -19,7 +19,7 @@ from shared_lib.adapters.kafka import KafkaEventPublisher, Record, read_topic
 from shared_lib.devstack.stack import FUNCTIONS
 from shared_lib.events_schema import validate_event
 from tests.e2e.conftest import E2E, HTTP_TIMEOUT, http, seed
-from tests.support import wait_until
+from tests.support import ledger_sums, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -50,19 +50,9 @@ def gate_level(env: E2E, warehouse: str, sku: str) -> tuple[int, int, int] | Non
 
 def assert_ledger_matches_balances(env: E2E) -> None:
     """MySQL balance == sum of the ledger, per (warehouse, sku), for every balance."""
-    m, s = t.movements, t.stock_levels
+    s = t.stock_levels
     with env.engine.connect() as conn:
-        sums = {
-            (r.warehouse, r.sku): (int(r.d_on_hand), int(r.d_reserved))
-            for r in conn.execute(
-                sa.select(
-                    m.c.warehouse,
-                    m.c.sku,
-                    sa.func.sum(m.c.delta_on_hand).label("d_on_hand"),
-                    sa.func.sum(m.c.delta_reserved).label("d_reserved"),
-                ).group_by(m.c.warehouse, m.c.sku)
-            )
-        }
+        sums = ledger_sums(conn)
         balances = {
             (r.warehouse, r.sku): (int(r.on_hand), int(r.reserved))
             for r in conn.execute(sa.select(s.c.warehouse, s.c.sku, s.c.on_hand, s.c.reserved))

@@ -31,7 +31,7 @@ from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.devstack.stack import LocalStack
 from shared_lib.domain.model import utcnow
 from tests.conftest import PrivateRedis
-from tests.support import wait_until
+from tests.support import ledger_sums, wait_until
 
 HTTP_TIMEOUT = 15.0
 WAREHOUSES = ("W1", "W2")
@@ -477,23 +477,13 @@ def check_schema_guards(env: FaultEnv) -> list[str]:
 
 def check_balances(env: FaultEnv) -> list[str]:
     """available >= 0 everywhere and every balance == the sum of its ledger."""
-    s, m = t.stock_levels, t.movements
+    s = t.stock_levels
     balances = {
         (r.warehouse, r.sku): (int(r.on_hand), int(r.reserved))
         for r in _rows(env, sa.select(s.c.warehouse, s.c.sku, s.c.on_hand, s.c.reserved))
     }
-    sums = {
-        (r.warehouse, r.sku): (int(r.oh), int(r.rs))
-        for r in _rows(
-            env,
-            sa.select(
-                m.c.warehouse,
-                m.c.sku,
-                sa.func.sum(m.c.delta_on_hand).label("oh"),
-                sa.func.sum(m.c.delta_reserved).label("rs"),
-            ).group_by(m.c.warehouse, m.c.sku),
-        )
-    }
+    with env.engine.connect() as conn:
+        sums = ledger_sums(conn)
     problems = []
     for where, (on_hand, reserved) in balances.items():
         if not on_hand >= reserved >= 0:

@@ -14,9 +14,10 @@ import pytest
 from shared_lib.adapters.kafka import KafkaEventPublisher, PublishError, Record, read_topic
 from shared_lib.devstack.bridge import KafkaBridge, cloudevent_request
 from shared_lib.devstack.broker import EmbeddedBroker
-from shared_lib.devstack.testing import CapturedRequest, HttpSink, wait_until
+from shared_lib.devstack.testing import CapturedRequest, HttpSink
 from shared_lib.topics import DEAD_LETTER
 from tests.conftest import start_broker
+from tests.support import wait_until
 
 pytestmark = [
     pytest.mark.integration,

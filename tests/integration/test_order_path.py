@@ -26,7 +26,7 @@ from shared_lib.domain.model import (
 from shared_lib.services import Deps, cancel_order, place_order, receive_stock, ship_order
 from shared_lib.services.cache import GateRebuilder, rebuild_all
 from tests.conftest import seed_catalog
-from tests.support import wait_until
+from tests.support import ledger_sums, wait_until
 
 BUYERS = 200
 UNITS = 100
@@ -62,23 +62,13 @@ def db_level(engine: sa.Engine, sku: str) -> tuple[int, int]:
 
 def assert_invariants(engine: sa.Engine, gate: RedisGate | None = None) -> None:
     """available >= 0 everywhere; balance == ledger sum; gate == database when settled."""
-    s, m = t.stock_levels, t.movements
+    s = t.stock_levels
     with engine.connect() as conn:
         balances = {
             (r.warehouse, r.sku): (int(r.on_hand), int(r.reserved), int(r.version))
             for r in conn.execute(sa.select(s))
         }
-        sums = {
-            (r.warehouse, r.sku): (int(r.oh), int(r.rs))
-            for r in conn.execute(
-                sa.select(
-                    m.c.warehouse,
-                    m.c.sku,
-                    sa.func.sum(m.c.delta_on_hand).label("oh"),
-                    sa.func.sum(m.c.delta_reserved).label("rs"),
-                ).group_by(m.c.warehouse, m.c.sku)
-            )
-        }
+        sums = ledger_sums(conn)
     for key, (on_hand, reserved, _) in balances.items():
         assert on_hand - reserved >= 0 and reserved >= 0, key
         assert sums.get(key, (0, 0)) == (on_hand, reserved), key

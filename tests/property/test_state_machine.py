@@ -98,6 +98,7 @@ from shared_lib.services.cache import rebuild_all, rebuild_warehouse
 from shared_lib.services.guard import request_id
 from shared_lib.services.ports import StockStore
 from tests.conftest import seed_catalog
+from tests.support import ledger_sums
 
 T = TypeVar("T")
 
@@ -503,17 +504,7 @@ class StockMachine(RuleBasedStateMachine):
                 (r.warehouse, r.sku): (int(r.on_hand), int(r.reserved), int(r.version))
                 for r in conn.execute(sa.select(s))
             }
-            ledger = {
-                (r.warehouse, r.sku): (int(r.oh), int(r.rs))
-                for r in conn.execute(
-                    sa.select(
-                        m.c.warehouse,
-                        m.c.sku,
-                        sa.func.sum(m.c.delta_on_hand).label("oh"),
-                        sa.func.sum(m.c.delta_reserved).label("rs"),
-                    ).group_by(m.c.warehouse, m.c.sku)
-                )
-            }
+            ledger = ledger_sums(conn)
             statuses = dict(conn.execute(sa.select(o.c.order_id, o.c.status)).all())
             movements = conn.execute(sa.select(sa.func.count()).select_from(m)).scalar_one()
             changed = conn.execute(

@@ -41,11 +41,7 @@ for a = 0, m - 1 do
 end
 
 for i = 7 + 3 * m, #ARGV, 4 do
-  local level_key = tag .. ':lvl:' .. ARGV[i]
-  local current = redis.call('HGET', level_key, 'v')
-  if not current or tonumber(current) < tonumber(ARGV[i + 3]) then
-    redis.call('HSET', level_key, 'oh', ARGV[i + 1], 'rs', ARGV[i + 2], 'v', ARGV[i + 3])
-  end
+  settle_level(tag .. ':lvl:' .. ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
 end
 
 -- a leader that lost the lead (its ttl ran out) leaves the in-flight list to the new one

@@ -33,9 +33,7 @@ end
 local applied = 0
 for i = 1, n do
   local base = 4 + 3 * (i - 1)
-  local current = redis.call('HGET', KEYS[3 + i], 'v')
-  if not current or tonumber(current) < tonumber(ARGV[base + 3]) then
-    redis.call('HSET', KEYS[3 + i], 'oh', ARGV[base + 1], 'rs', ARGV[base + 2], 'v', ARGV[base + 3])
+  if settle_level(KEYS[3 + i], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]) then
     applied = applied + 1
   end
 end

@@ -1,4 +1,6 @@
--- Loaded in front of every script that gives held units back (redis_gate.py).
+-- Loaded in front of the scripts that give held units back or take durable levels
+-- (redis_gate.py).
+
 -- drop_hold: the request's held units return to their levels, its hold disappears.
 local function drop_hold(tag, holds_key, req)
   local hold_key = tag .. ':hold:' .. req
@@ -14,5 +16,16 @@ local function drop_hold(tag, holds_key, req)
   redis.call('DEL', hold_key)
   redis.call('ZREM', holds_key, req)
   return #fields / 2
+end
+
+-- settle_level: the level takes the database's values when their row version is newer;
+-- true when it did.
+local function settle_level(level_key, on_hand, reserved, version)
+  local current = redis.call('HGET', level_key, 'v')
+  if current and tonumber(current) >= tonumber(version) then
+    return false
+  end
+  redis.call('HSET', level_key, 'oh', on_hand, 'rs', reserved, 'v', version)
+  return true
 end
 
