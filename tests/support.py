@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import requests
 import sqlalchemy as sa
 
 from shared_lib.adapters import sql_tables as t
@@ -37,3 +38,10 @@ def ledger_sums(conn: sa.Connection) -> dict[tuple[str, str], tuple[int, int]]:
         sa.func.sum(m.c.delta_reserved).label("rs"),
     ).group_by(m.c.warehouse, m.c.sku)
     return {(r.warehouse, r.sku): (int(r.oh), int(r.rs)) for r in conn.execute(query)}
+
+
+def http() -> requests.Session:
+    """A session that never goes through a proxy from the environment (loopback only)."""
+    session = requests.Session()
+    session.trust_env = False
+    return session

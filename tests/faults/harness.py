@@ -31,7 +31,7 @@ from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.devstack.stack import LocalStack
 from shared_lib.domain.model import utcnow
 from tests.conftest import PrivateRedis
-from tests.support import ledger_sums, wait_until
+from tests.support import http, ledger_sums, wait_until
 
 HTTP_TIMEOUT = 15.0
 WAREHOUSES = ("W1", "W2")
@@ -46,13 +46,6 @@ CHECKS = {
     "ck_stock_levels_reserved_nonnegative",
     "ck_stock_levels_available_nonnegative",
 }
-
-
-def http() -> requests.Session:
-    """A session that never goes through a proxy from the environment (loopback only)."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
 
 
 @dataclass

