@@ -169,13 +169,20 @@ def _dev_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="D",
         help="SQLite file, Redis dir and logs (default PSI_DATA_DIR or .psi-data)",
     )
+    parser.add_argument(
+        "--platform",
+        choices=("knative", "openfaas"),
+        default="knative",
+        help="deliver Kafka records as this platform does: a KafkaSource (CloudEvents, OIDC"
+        " sender tokens) or kafka-connector with the queue-worker (default knative)",
+    )
 
 
 @command("dev", help="run every function locally until Ctrl-C", arguments=_dev_arguments)
 def run_dev(args: argparse.Namespace) -> int:
     from shared_lib.devstack.stack import LocalStack
 
-    stack = LocalStack(data_dir=args.data_dir, base_port=args.base_port)
+    stack = LocalStack(data_dir=args.data_dir, base_port=args.base_port, platform=args.platform)
     stopping, started = threading.Event(), threading.Event()
 
     def on_signal(_sig: int, _frame: Any) -> None:
@@ -192,12 +199,16 @@ def run_dev(args: argparse.Namespace) -> int:
         print("psi dev: ready", flush=True)
         stack.describe(sys.stdout)
         print("psi dev: Ctrl-C stops everything", flush=True)
+        warned: set[str] = set()
         while not stopping.wait(0.5):
             dead = stack.dead()
             if dead:
                 raise CommandError(
                     f"function process exited: {', '.join(dead)} (see {stack.log_dir})"
                 )
+            for stuck in set(stack.stalled()) - warned:
+                print(f"psi dev: delivery stalled on {stuck} (see {stack.log_dir})", flush=True)
+                warned.add(stuck)
         print("psi dev: stopping ...", flush=True)
         return 0
     finally:

@@ -31,6 +31,7 @@ DATABASE_SCHEMES = ("mysql+pymysql://", "mariadb+pymysql://", "sqlite://")
 SECRET_FIELDS = ("database_url", "database_read_url", "redis_url", "api_keys", "s3_endpoint")
 TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 Parse = Callable[[Any], Any]
@@ -147,6 +148,10 @@ def _endpoint(value: Any) -> str | None:
     return value or None
 
 
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
 def _check(parse: Parse) -> dict[str, Parse]:
     return {"parse": parse}
 
@@ -171,6 +176,17 @@ class Settings:
     api_keys: str | None = field(default=None, metadata=_check(_optional(_text)))
     api_keys_file: Path | None = field(default=None, metadata=_check(_optional(_path)))
     auth_disabled: bool = field(default=False, metadata=_check(_boolean))
+    # Knative OIDC sender tokens (shared_lib.http.senders): the issuer's discovery base URL,
+    # this function's audience, the trusted subjects (comma-separated), how to reach the issuer
+    oidc_discovery_url: str | None = field(default=None, metadata=_check(_endpoint))
+    oidc_audience: str | None = field(default=None, metadata=_check(_optional(_text)))
+    oidc_subjects: str | None = field(default=None, metadata=_check(_optional(_text)))
+    oidc_ca_file: Path | None = field(
+        default=_existing(SERVICE_ACCOUNT_DIR / "ca.crt"), metadata=_check(_optional(_path))
+    )
+    oidc_token_file: Path | None = field(
+        default=_existing(SERVICE_ACCOUNT_DIR / "token"), metadata=_check(_optional(_path))
+    )
     secrets_dir: Path = field(default=Path(DEFAULT_SECRETS_DIR), metadata=_check(_path))
     data_dir: Path = field(default=Path(".psi-data"), metadata=_check(_path))
 

@@ -14,19 +14,18 @@ import functions_framework
 from shared_lib import topics
 from shared_lib.domain.model import utcnow
 from shared_lib.http import Call, FunctionApp, Reply, Route
+from shared_lib.http.delivery import CRON_TOPIC
 
 if TYPE_CHECKING:
     from shared_lib.http.schemas import ReconcileBody
 
-CRON_TOPIC = "cron-function"
-
 
 def run_key_of(call: Call) -> str:
-    """The body's run key; a nightly trigger's is the date, so redeliveries run once."""
+    """The body's run key; a scheduled trigger's is the date, so redeliveries run once."""
     body: ReconcileBody = call.body
     if body.run_key:
         return body.run_key
-    if call.delivery is not None and call.delivery.topic in (CRON_TOPIC, None):
+    if call.delivery is not None and call.delivery.scheduled:
         return f"nightly-{utcnow().date().isoformat()}"
     return call.meta.idempotency_key
 

@@ -241,6 +241,7 @@ class Record:
     key: bytes | None
     value: bytes
     headers: Headers = field(default_factory=list)
+    timestamp: int | None = None  # milliseconds since the epoch
 
 
 def new_consumer(bootstrap: str, *, timeout: float = 5.0, **config: Any) -> KafkaConsumer:
@@ -274,6 +275,7 @@ def to_record(raw: Any) -> Record:
         key=raw.key,
         value=raw.value if raw.value is not None else b"",
         headers=list(raw.headers or []),
+        timestamp=raw.timestamp if isinstance(raw.timestamp, int) and raw.timestamp >= 0 else None,
     )
 
 

@@ -28,11 +28,13 @@ from sqlalchemy.engine import Connection, Engine
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.kafka import EventPublisher, Headers
 from shared_lib.domain.model import utcnow
+from shared_lib.topics import DEAD_LETTER
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "psi_outbox_relay"
 CONTENT_TYPE = b"application/cloudevents+json"
+JSON_TYPE = b"application/json"
 ERROR_MAX = 500
 MYSQL_LOCK_NAME_MAX = 64
 
@@ -273,6 +275,8 @@ class OutboxRelay:
 
 
 def _headers(row: PendingEvent) -> Headers:
+    if row.topic == DEAD_LETTER:  # a dead letter is a plain JSON object, not a CloudEvent
+        return [("psi-letter-id", row.event_id.encode("utf-8")), ("content-type", JSON_TYPE)]
     return [("ce_id", row.event_id.encode("utf-8")), ("content-type", CONTENT_TYPE)]
 
 

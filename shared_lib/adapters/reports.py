@@ -15,11 +15,11 @@ from typing import Any
 
 from shared_lib.config import Settings
 from shared_lib.domain.model import utcnow
-from shared_lib.services.reconcile import ReportStore
 
 log = logging.getLogger(__name__)
 PREFIX = "reconcile"
 JSON_TYPE = "application/json"
+BLOB_TYPE = "application/octet-stream"
 CSV_TYPE = "text/csv; charset=utf-8"
 
 
@@ -71,6 +71,16 @@ class S3Reports:
         )
         return f"s3://{self.bucket}/{key}.json"
 
+    def keep(self, name: str, data: bytes) -> str:
+        """Store ``data`` under ``name`` (a claim check); returns its URI."""
+        self.client.put_object(Bucket=self.bucket, Key=name, Body=data, ContentType=BLOB_TYPE)
+        return f"s3://{self.bucket}/{name}"
+
+    def fetch(self, uri: str) -> bytes:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        body: bytes = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
+
 
 class LocalReports:
     """Reports as files under ``directory`` (the embedded default)."""
@@ -89,6 +99,18 @@ class LocalReports:
         _write_atomically(target, json_bytes)
         return target.resolve().as_uri()
 
+    def keep(self, name: str, data: bytes) -> str:
+        """Store ``data`` under ``name`` (a claim check); returns its URI."""
+        target = self.directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(target, data)
+        return target.resolve().as_uri()
+
+    def fetch(self, uri: str) -> bytes:
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path)).read_bytes()
+
 
 def _write_atomically(path: Path, data: bytes) -> None:
     # readers never see half a report: write aside, then rename over
@@ -102,7 +124,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def reports_from_settings(settings: Settings) -> ReportStore:
+def reports_from_settings(settings: Settings) -> S3Reports | LocalReports:
     """S3 when a bucket is configured, else ``<data_dir>/reports``."""
     if settings.s3_bucket:
         return S3Reports(settings.s3_bucket, settings.s3_endpoint)

@@ -1,58 +1,73 @@
-"""Local stand-in for the OpenFaaS kafka-connector / Knative KafkaSource.
+"""Local stand-in for the platform that delivers Kafka records to the functions.
 
-Consumes the routed topics (manual ``assign()``, positions kept in memory, no consumer
-group) and POSTs every record to its function URL the way a Knative KafkaSource does:
+``platform="knative"`` (the default) does what a Knative KafkaSource's dispatcher does
+(knative-extensions/eventing-kafka-broker; docs/platform-contracts.md has the rules and
+their sources):
 
-* CloudEvents **binary** mode by default: ``ce-specversion: 1.0``,
-  ``ce-id: <topic>-<partition>-<offset>``, ``ce-source: /psi/kafka/<topic>``,
-  ``ce-type: dev.knative.kafka.event``, ``ce-subject: partition:<p>#<offset>``,
-  ``Content-Type: application/json``, the record value as body;
-* if the record carries Kafka binary-mode CloudEvent headers (``ce_specversion``,
-  ``ce_id``, ...), those attributes are forwarded instead of the defaults;
-* if the value is a **structured** CloudEvent (JSON object with ``specversion`` and
-  ``id``), it is forwarded as is with ``Content-Type: application/cloudevents+json``;
-* always ``X-Topic: <topic>`` (what the OpenFaaS kafka-connector sends).
+* a record that is a CloudEvent by the Kafka binding (``content-type:
+  application/cloudevents+json``, or ``ce_specversion`` headers) is forwarded as that
+  event; any other record becomes ``id partition:<p>/offset:<o>``, ``source
+  /apis/v1/namespaces/<ns>/kafkasources/<name>#<topic>``, ``type dev.knative.kafka.event``,
+  with ``key``/``partitionkey`` and ``kafkaheader<name>`` extensions;
+* always sent in binary mode, with the ``knativekafkapartition``/``knativekafkaoffset``
+  extensions and an OIDC sender token (``Authorization: Bearer``) from a local issuer;
+* 404, 408, 409, 429, 5xx and network errors are retried with exponential backoff
+  (``delay * 2^n``); anything else, or a retry budget spent, goes to the dead-letter sink:
+  a KafkaSink record in binary mode (``ce_`` headers plus ``knativeerrordest``,
+  ``knativeerrorcode``, ``knativeerrordata``, the event's data as value).
 
-Delivery policy: 2xx is done; 5xx, 408, 429, timeouts and connection errors are retried
-with exponential backoff and jitter, then dead-lettered; any other status is dead-lettered
-at once. A dead letter is a JSON object on ``psi.dead-letter`` (see ``dead_letter_doc``).
-If even the dead-letter publish fails, the record is not skipped: it is tried again later.
+``platform="openfaas"`` does what kafka-connector with asynchronous invocation and the
+queue-worker do: the record value as body, ``X-Topic``, ``X-Kafka-Partition``,
+``X-Kafka-Offset``, ``X-Kafka-Key`` and ``X-Kafka-<header>``, HTTP Basic credentials (the
+user info of the connector's gateway URL); 408, 429, 500, 502, 503, 504 and network errors
+are retried with exponential backoff (``Retry-After`` honoured on 429 and 503); any other
+answer ends the record - the function parks what it refuses.
+
+No record can stop the bridge: one it cannot even shape is dead-lettered (Knative) or
+logged and skipped (OpenFaaS), and ``stalled()`` names a partition that stopped moving.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
-import random
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared_lib.adapters.kafka import (
     EventPublisher,
+    Headers,
     KafkaEventPublisher,
     PublishError,
     Record,
     new_consumer,
     to_record,
 )
-from shared_lib.domain import events
+from shared_lib.http.delivery import CLOUDEVENTS_JSON, KNATIVE, OPENFAAS, retried_by
 from shared_lib.topics import DEAD_LETTER
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, TopicPartition
 
+    from shared_lib.devstack.oidc import LocalIssuer
+
 log = logging.getLogger(__name__)
 
 CE_TYPE = "dev.knative.kafka.event"
-RETRYABLE_STATUSES = frozenset({408, 429})
 MAX_BODY_READ = 64 * 1024
+ERROR_DATA_MAX_BYTES = 1024  # knativeerrordata: the answer's first KiB (RecordDispatcherImpl)
+# kafka-connector's Helm chart default content type for invocations
+CONNECTOR_CONTENT_TYPE = "text/plain"
 
 
 class BridgeError(RuntimeError):
@@ -65,6 +80,8 @@ class BridgeStats:
     dead_lettered: int = 0
     retries: int = 0
     dead_letter_failures: int = 0
+    given_up: int = 0  # OpenFaaS: retries spent, the record is lost as the queue-worker loses it
+    unshapeable: int = 0
 
 
 def _ce_header_value(text: str) -> str:
@@ -78,58 +95,218 @@ def _ce_header_value(text: str) -> str:
     return "".join(out)
 
 
-def _is_structured_event(value: bytes) -> bool:
-    if not value.lstrip().startswith(b"{"):
-        return False
+def _header(record: Record, name: str) -> bytes | None:
+    for key, raw in record.headers:
+        if key.lower() == name:
+            return raw
+    return None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A CloudEvent as the dispatcher holds it: attributes and extensions, and its data."""
+
+    attributes: dict[str, str]
+    data: bytes
+
+    def http(self) -> tuple[bytes, dict[str, str]]:
+        """Binary-mode HTTP: ``ce-<attr>`` headers, ``datacontenttype`` as Content-Type."""
+        headers = {}
+        for name, value in self.attributes.items():
+            if name == "datacontenttype":
+                headers["Content-Type"] = value
+            else:
+                headers[f"ce-{name}"] = _ce_header_value(value)
+        return self.data, headers
+
+    def kafka(self) -> tuple[bytes, Headers]:
+        """What a KafkaSink in binary content mode writes: ``ce_<attr>`` headers, the
+        ``datacontenttype`` as ``content-type``, the data as value."""
+        headers: Headers = []
+        for name, value in self.attributes.items():
+            header = "content-type" if name == "datacontenttype" else f"ce_{name}"
+            headers.append((header, value.encode("utf-8")))
+        return self.data, headers
+
+
+def _structured_event(value: bytes) -> Event | None:
+    """The event in a structured-mode record; None when it cannot be read (the dispatcher
+    then wraps the record as it would any other)."""
     try:
-        doc = json.loads(value)
-    except ValueError:
-        return False
-    return isinstance(doc, dict) and "specversion" in doc and bool(doc.get("id"))
-
-
-def cloudevent_request(record: Record) -> tuple[bytes, dict[str, str]]:
-    """Body and HTTP headers a Knative KafkaSource would send for ``record``."""
-    headers = {"X-Topic": record.topic}
-    if _is_structured_event(record.value):
-        headers["Content-Type"] = "application/cloudevents+json"
-        return record.value, headers
-    headers.update(
-        {
-            "ce-specversion": "1.0",
-            "ce-id": f"{record.topic}-{record.partition}-{record.offset}",
-            "ce-source": f"/psi/kafka/{record.topic}",
-            "ce-type": CE_TYPE,
-            "ce-subject": f"partition:{record.partition}#{record.offset}",
-            "Content-Type": "application/json",
+        document = json.loads(value)
+        if not isinstance(document, dict) or not document.get("id") or not document.get("source"):
+            return None
+        attributes = {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in document.items()
+            if k not in ("data", "data_base64")
         }
-    )
-    kafka_ce = {
-        name[3:].lower(): raw
-        for name, raw in record.headers
-        if name.lower().startswith("ce_") and len(name) > 3
-    }
-    if "specversion" in kafka_ce and "id" in kafka_ce:
-        for attr, raw in kafka_ce.items():
-            headers[f"ce-{attr}"] = _ce_header_value(raw.decode("utf-8", "replace"))
+        for text in attributes.values():
+            text.encode("utf-8")
+        if "data_base64" in document:
+            data = base64.b64decode(str(document["data_base64"]))
+        elif "data" in document:
+            attributes.setdefault("datacontenttype", "application/json")
+            payload = document["data"]
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        else:
+            data = b""
+    except (ValueError, RecursionError, UnicodeError):
+        return None
+    return Event(attributes, data)
+
+
+def kafka_event(record: Record, namespace: str, source: str) -> Event:
+    """The CloudEvent a KafkaSource makes of ``record`` (see the module doc)."""
+    content_type = (_header(record, "content-type") or b"").decode("latin-1").lower()
+    event = None
+    if content_type.startswith(CLOUDEVENTS_JSON):
+        event = _structured_event(record.value)
+    elif _header(record, "ce_specversion") is not None:
+        attributes = {
+            name[3:].lower(): raw.decode("utf-8", "replace")
+            for name, raw in record.headers
+            if name.lower().startswith("ce_") and len(name) > 3
+        }
+        if content_type:
+            attributes["datacontenttype"] = content_type
+        event = Event(attributes, record.value)
+    if event is None:  # not a CloudEvent (or not a readable one): the dispatcher wraps it
+        attributes = {
+            "specversion": "1.0",
+            "id": f"partition:{record.partition}/offset:{record.offset}",
+            "source": f"/apis/v1/namespaces/{namespace}/kafkasources/{source}#{record.topic}",
+            "type": CE_TYPE,
+            "subject": f"partition:{record.partition}#{record.offset}",
+        }
+        if record.timestamp is not None:
+            moment = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+            attributes["time"] = moment.isoformat().replace("+00:00", "Z")
+        if record.key is not None:
+            key = record.key.decode("utf-8", "replace")
+            attributes["key"] = attributes["partitionkey"] = key
         for name, raw in record.headers:
             if name.lower() == "content-type":
-                headers["Content-Type"] = raw.decode("latin-1")
-    return record.value, headers
+                attributes["datacontenttype"] = raw.decode("utf-8", "replace").lower()
+            else:
+                clean = "".join(c for c in name.lower() if c.isascii() and c.isalnum())
+                attributes[f"kafkaheader{clean}"] = raw.decode("utf-8", "replace")
+        event = Event(attributes, record.value)
+    event.attributes["knativekafkapartition"] = str(record.partition)
+    event.attributes["knativekafkaoffset"] = str(record.offset)
+    return event
 
 
-def dead_letter_doc(record: Record, *, status: int, reason: str, **extra: Any) -> dict[str, Any]:
-    """The JSON object put on the dead-letter topic; ``status`` is null when no answer came."""
-    return events.dead_letter(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key.decode("utf-8", "replace") if record.key is not None else None,
-        payload=record.value,
-        status=status,
-        reason=reason,
-        **extra,
-    )
+def dead_letter_record(
+    event: Event, *, url: str, status: int, answer: str
+) -> tuple[bytes, Headers, str | None]:
+    """The record the deadLetterSink (a binary-mode KafkaSink) writes for a failed event:
+    value, headers and key (its ``partitionkey``)."""
+    attributes = dict(event.attributes)
+    attributes["knativeerrordest"] = url
+    if status:
+        attributes["knativeerrorcode"] = str(status)
+        data = answer.encode("utf-8")[:ERROR_DATA_MAX_BYTES]
+        if data:
+            attributes["knativeerrordata"] = base64.b64encode(data).decode("ascii")
+    value, headers = Event(attributes, event.data).kafka()
+    return value, headers, attributes.get("partitionkey")
+
+
+class Dispatcher(Protocol):
+    """One platform's way to deliver a record: shape, retry policy, and the end of it."""
+
+    name: str
+    max_attempts: int
+
+    def request(self, record: Record, url: str) -> tuple[bytes, dict[str, str]]: ...
+
+    def retried(self, status: int) -> bool: ...
+
+    def delay(self, attempt: int, retry_after: float | None) -> float: ...
+
+
+@dataclass
+class KnativeDispatcher:
+    """KafkaSource: CloudEvents with an OIDC sender token; ``retry`` and ``backoff_delay``
+    are the source's ``spec.delivery.retry`` and ``backoffDelay`` (seconds)."""
+
+    sources: Mapping[str, str]  # topic -> KafkaSource name (also the function's name)
+    issuer: LocalIssuer | None = None
+    namespace: str = "psi"
+    retry: int = 10
+    backoff_delay: float = 1.0
+    name: str = KNATIVE
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retry + 1
+
+    def event(self, record: Record) -> Event:
+        return kafka_event(record, self.namespace, self.sources[record.topic])
+
+    def request(self, record: Record, url: str) -> tuple[bytes, dict[str, str]]:
+        from shared_lib.devstack.oidc import kafka_source_subject, service_audience
+
+        body, headers = self.event(record).http()
+        headers["Prefer"] = "reply"
+        headers["Kn-Namespace"] = self.namespace
+        if self.issuer is not None:
+            source = self.sources[record.topic]
+            token = self.issuer.token(
+                service_audience(self.namespace, source),
+                kafka_source_subject(self.namespace, source),
+            )
+            headers["Authorization"] = f"Bearer {token}"
+        return body, headers
+
+    def retried(self, status: int) -> bool:
+        return status == 0 or retried_by(KNATIVE, status)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        return self.backoff_delay * 2**attempt  # EKB ignores Retry-After
+
+
+@dataclass
+class OpenFaasConnector:
+    """kafka-connector with ``asyncInvocation`` and the queue-worker's retries; the
+    credential is the key in the user info of its gateway URL (sent as Basic)."""
+
+    credential: str | None = None  # an API key with the events:deliver scope
+    max_attempts: int = 100
+    initial_wait: float = 10.0
+    max_wait: float = 120.0
+    user: str = "kafka-connector"
+    name: str = OPENFAAS
+
+    def request(self, record: Record, url: str) -> tuple[bytes, dict[str, str]]:
+        headers = {
+            "Content-Type": CONNECTOR_CONTENT_TYPE,
+            "X-Connector": "connector-sdk",
+            "X-Topic": record.topic,
+            "X-Kafka-Partition": str(record.partition),
+            "X-Kafka-Offset": str(record.offset),
+        }
+        if record.key is not None:
+            try:
+                headers["X-Kafka-Key"] = record.key.decode("ascii")
+            except UnicodeDecodeError:
+                headers["X-Kafka-Key"] = base64.b64encode(record.key).decode("ascii")
+                headers["X-Kafka-Key-Enc"] = "b64"
+        for name, raw in record.headers:
+            headers["X-Kafka-" + name] = raw.decode("latin-1")
+        if self.credential is not None:
+            pair = f"{self.user}:{self.credential}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return record.value, headers
+
+    def retried(self, status: int) -> bool:
+        return status == 0 or retried_by(OPENFAAS, status)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.max_wait, retry_after)
+        return min(self.max_wait, self.initial_wait * 2 ** (attempt - 1))
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -145,6 +322,25 @@ def _read_text(response: Any) -> str:
         return ""
 
 
+def _retry_after(headers: Any) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date); None when absent or unreadable."""
+    value = str((headers.get("Retry-After") if headers is not None else None) or "").strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _where(record: Record) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
+
+
+class Unsendable(Exception):
+    """A request HTTP cannot carry (a header value it refuses): no retry can help."""
+
+
 class KafkaBridge:
     """Background thread delivering Kafka records to HTTP functions (see module doc)."""
 
@@ -155,32 +351,32 @@ class KafkaBridge:
         *,
         from_beginning: bool = False,
         publisher: EventPublisher | None = None,
+        dispatcher: Dispatcher | None = None,
         dead_letter_topic: str = DEAD_LETTER,
         http_timeout: float = 10.0,
-        max_attempts: int = 5,
-        backoff_base: float = 0.2,
-        backoff_max: float = 5.0,
         poll_interval: float = 0.2,
         refresh_interval: float = 1.0,
         publish_timeout: float = 10.0,
-        rng: random.Random | None = None,
+        stall_after: float = 60.0,
     ) -> None:
+        """``dispatcher``: the platform to behave as; by default a Knative KafkaSource per
+        topic, named after the last part of its route's URL, with no sender token."""
         if not routes:
             raise ValueError("routes must map at least one topic to a URL")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
         self.bootstrap = bootstrap
         self.routes = dict(routes)
+        self.dispatcher: Dispatcher = dispatcher or KnativeDispatcher(
+            {topic: topic.split(".")[1] for topic in routes}
+        )
+        if self.dispatcher.max_attempts < 1:
+            raise ValueError("the dispatcher must try at least once")
         self.from_beginning = from_beginning
         self.dead_letter_topic = dead_letter_topic
         self.http_timeout = http_timeout
-        self.max_attempts = max_attempts
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.stall_after = stall_after
         self.poll_interval = poll_interval
         self.refresh_interval = refresh_interval
         self.publish_timeout = publish_timeout
-        self._rng = rng or random.Random()
         self._owns_publisher = publisher is None
         self._publisher: EventPublisher = publisher or KafkaEventPublisher(bootstrap)
         self._opener = urllib.request.build_opener(
@@ -188,6 +384,7 @@ class KafkaBridge:
             _NoRedirect(),
         )
         self._positions: dict[TopicPartition, int] = {}  # next offset to deliver
+        self._busy_since: dict[TopicPartition, float] = {}  # a record not yet done, since
         self._topic_ids: dict[str, Any] = {}
         self._stats = BridgeStats()
         self._stop = threading.Event()
@@ -208,6 +405,16 @@ class KafkaBridge:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def stalled(self) -> list[str]:
+        """Partitions whose current record has not been done for ``stall_after`` seconds
+        (retries of a transient failure), as ``topic[partition]@offset``."""
+        now = time.monotonic()
+        return [
+            f"{tp.topic}[{tp.partition}]@{self._positions.get(tp)}"
+            for tp, since in dict(self._busy_since).items()
+            if now - since >= self.stall_after
+        ]
 
     def start(self, timeout: float = 15.0) -> KafkaBridge:
         """Start consuming; returns once positions are set, so later records are delivered."""
@@ -296,7 +503,15 @@ class KafkaBridge:
             expected = self._positions.get(tp)
             if expected is None or raw.offset < expected:
                 continue  # stale fetch from before a reset
-            done = self._handle(to_record(raw))
+            self._busy_since.setdefault(tp, time.monotonic())
+            try:
+                done = self._handle(to_record(raw))
+            except Exception:  # a bug must not stop every topic: skip this record, loudly
+                log.exception(
+                    "bridge failed on %s-%s-%s; record skipped", tp.topic, tp.partition, raw.offset
+                )
+                self._count(unshapeable=1)
+                done = True
             if done is None:
                 return
             if not done:
@@ -305,6 +520,7 @@ class KafkaBridge:
                 self._stop.wait(1.0)
                 return
             self._positions[tp] = raw.offset + 1
+            self._busy_since.pop(tp, None)
 
     def _safe_refresh(self, consumer: KafkaConsumer) -> KafkaConsumer:
         try:
@@ -382,36 +598,47 @@ class KafkaBridge:
 
     # -- one record --------------------------------------------------------------------
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    def _post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, float | None]:
+        """Status (0: no answer), the answer's text, and its Retry-After in seconds."""
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with self._opener.open(request, timeout=self.http_timeout) as response:
-                return int(response.status), _read_text(response)
+                return int(response.status), _read_text(response), None
         except urllib.error.HTTPError as exc:
             with exc:
-                return int(exc.code), _read_text(exc)
+                # honoured on 429 and 503 only (the queue-worker's rule; EKB ignores it)
+                wait = _retry_after(exc.headers) if exc.code in (429, 503) else None
+                return int(exc.code), _read_text(exc), wait
         except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
-            return 0, f"{type(exc).__name__}: {exc}"
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
-        return delay * (0.5 + self._rng.random() / 2)  # jitter spreads retries of many records
+            return 0, f"{type(exc).__name__}: {exc}", None
+        except (ValueError, UnicodeError) as exc:  # a header value HTTP cannot carry
+            raise Unsendable(str(exc)) from exc
 
     def _handle(self, record: Record) -> bool | None:
-        """True: delivered or dead-lettered. False: dead-letter failed. None: stopping."""
+        """True: done (delivered, dead-lettered or given up). False: the dead letter could
+        not be written, come back to it. None: stopping."""
         url = self.routes[record.topic]
-        body, headers = cloudevent_request(record)
+        try:
+            body, headers = self.dispatcher.request(record, url)
+        except Exception as exc:  # no record may stop the bridge
+            log.exception("cannot shape %s-%s-%s", record.topic, record.partition, record.offset)
+            self._count(unshapeable=1)
+            return self._give_up(record, 0, f"bridge could not shape the record: {exc!r}", url)
         attempt = 0
         while True:
             attempt += 1
-            status, text = self._post(url, body, headers)
+            try:
+                status, text, retry_after = self._post(url, body, headers)
+            except Unsendable as exc:
+                self._count(unshapeable=1)
+                return self._give_up(record, 0, f"the request cannot be sent: {exc}", url)
             if 200 <= status < 300:
-                self._stats = replace(self._stats, delivered=self._stats.delivered + 1)
+                self._count(delivered=1)
                 return True
-            retryable = status == 0 or status >= 500 or status in RETRYABLE_STATUSES
-            if not retryable or attempt >= self.max_attempts:
-                reason = text.strip() or (f"HTTP {status}" if status else "no response")
-                return self._dead_letter(record, status, reason, attempt, url)
+            if not self.dispatcher.retried(status) or attempt >= self.dispatcher.max_attempts:
+                return self._give_up(record, status, text, url)
             log.info(
                 "delivery of %s-%s-%s got %s; retrying",
                 record.topic,
@@ -419,26 +646,46 @@ class KafkaBridge:
                 record.offset,
                 status or text,
             )
-            self._stats = replace(self._stats, retries=self._stats.retries + 1)
-            if self._stop.wait(self._backoff(attempt)):
+            self._count(retries=1)
+            if self._stop.wait(self.dispatcher.delay(attempt, retry_after)):
                 return None
 
-    def _dead_letter(
-        self, record: Record, status: int, reason: str, attempts: int, url: str
-    ) -> bool:
+    def _count(self, **increments: int) -> None:
+        self._stats = replace(
+            self._stats, **{k: getattr(self._stats, k) + n for k, n in increments.items()}
+        )
+
+    def _give_up(self, record: Record, status: int, answer: str, url: str) -> bool:
+        if not isinstance(self.dispatcher, KnativeDispatcher):
+            if 400 <= status < 500 and status not in (408, 429):
+                self._count(delivered=1)  # refused: the function parked it
+                return True
+            # the queue-worker drops an invocation whose retries are spent, and so do we
+            log.error(
+                "gave up on %s-%s-%s after retries: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                (answer or f"HTTP {status}")[:200],
+            )
+            self._count(given_up=1)
+            return True
         if record.topic == self.dead_letter_topic:
-            log.error("dropping undeliverable dead letter at offset %s: %s", record.offset, reason)
+            log.error("dropping undeliverable dead letter at offset %s", record.offset)
             return True  # dead-lettering a dead letter would loop forever
-        doc = dead_letter_doc(record, status=status, reason=reason, attempts=attempts, url=url)
-        key = doc["key"]
-        if key is None:
-            key = f"{record.topic}-{record.partition}-{record.offset}"
+        try:
+            event = self.dispatcher.event(record)
+            value, headers, key = dead_letter_record(event, url=url, status=status, answer=answer)
+        except Exception:  # its headers cannot be written: park it as a plain record
+            log.exception("dead letter of %s-%s-%s written without its headers", *_where(record))
+            event = self.dispatcher.event(replace(record, headers=[]))
+            value, headers, key = dead_letter_record(event, url=url, status=status, answer="")
         try:
             self._publisher.publish(
                 self.dead_letter_topic,
-                key,
-                json.dumps(doc, ensure_ascii=False).encode("utf-8"),
-                headers=[("x-original-topic", record.topic.encode("utf-8"))],
+                key or "",
+                value,
+                headers=headers,
                 timeout=self.publish_timeout,
             )
         except PublishError as exc:
@@ -449,9 +696,7 @@ class KafkaBridge:
                 record.offset,
                 exc,
             )
-            self._stats = replace(
-                self._stats, dead_letter_failures=self._stats.dead_letter_failures + 1
-            )
+            self._count(dead_letter_failures=1)
             return False
         log.warning(
             "dead-lettered %s-%s-%s (status %s): %s",
@@ -459,7 +704,7 @@ class KafkaBridge:
             record.partition,
             record.offset,
             status,
-            reason[:200],
+            answer[:200],
         )
-        self._stats = replace(self._stats, dead_lettered=self._stats.dead_lettered + 1)
+        self._count(dead_lettered=1)
         return True

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,15 +37,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from shared_lib import topics
 from shared_lib.config import DISABLED, EMBEDDED, ENV_PREFIX, Settings, load_settings
 from shared_lib.devstack.broker import HOST, EmbeddedBroker, free_port
+from shared_lib.http.auth import DELIVER
+from shared_lib.http.delivery import KNATIVE, PLATFORMS
+
+if TYPE_CHECKING:
+    from shared_lib.devstack.bridge import Dispatcher
+    from shared_lib.devstack.oidc import LocalIssuer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_PORT = 8081
+KNATIVE_NAMESPACE = "psi"  # the namespace of infra/knative, as the bridge's sources say
 STATE_FILE = "stack.json"
 LOG_DIR = "logs"
 READY_PATH = "/health/ready"
@@ -255,10 +263,16 @@ class LocalStack:
         stop_timeout: float = 10.0,
         bridge: bool = True,
         bridge_options: Mapping[str, Any] | None = None,
+        platform: str = KNATIVE,
+        delivery_options: Mapping[str, Any] | None = None,
         announce: Callable[[str], None] = _stderr,
     ) -> None:
         """``base_port`` 0 picks a free port per function; ``environ`` replaces os.environ
-        (PSI_* settings); ``functions`` limits which directories are started."""
+        (PSI_* settings); ``functions`` limits which directories are started. ``platform``
+        is what the bridge behaves as (``knative`` or ``openfaas``), ``delivery_options``
+        its retry settings (see shared_lib.devstack.bridge)."""
+        if platform not in PLATFORMS:
+            raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}")
         self.environ = dict(os.environ if environ is None else environ)
         if data_dir is not None:
             self.environ[f"{ENV_PREFIX}DATA_DIR"] = str(data_dir)
@@ -272,6 +286,10 @@ class LocalStack:
         self.stop_timeout = stop_timeout
         self.use_bridge = bridge
         self.bridge_options = dict(bridge_options or {})
+        self.platform = platform
+        self.delivery_options = dict(delivery_options or {})
+        self.issuer: LocalIssuer | None = None  # Knative: signs the bridge's sender tokens
+        self.connector_key: str | None = None  # OpenFaaS: the connector's events:deliver key
         self.announce = announce
 
         self.settings: Settings | None = None
@@ -315,8 +333,15 @@ class LocalStack:
         }
 
     def dead(self) -> list[str]:
-        """Functions whose process has exited."""
-        return [name for name, proc in self.processes.items() if not proc.alive]
+        """Functions whose process has exited, and the bridge if its thread has."""
+        dead = [name for name, proc in self.processes.items() if not proc.alive]
+        if self.bridge is not None and not self.bridge.running:
+            dead.append("kafka bridge")
+        return dead
+
+    def stalled(self) -> list[str]:
+        """Partitions the bridge has been retrying one record on for a while."""
+        return self.bridge.stalled() if self.bridge is not None else []
 
     def _process(self, function: str) -> FunctionProcess:
         for proc in self.processes.values():
@@ -464,7 +489,37 @@ class LocalStack:
             "yes",
             "on",
         )
+        if not self.auth_disabled:
+            self._sender_credentials(env)
         return env
+
+    def _sender_credentials(self, env: dict[str, str]) -> None:
+        """With keys on, deliveries are authenticated as on the platform: Knative sources
+        carry OIDC tokens of an issuer the functions trust; the OpenFaaS connector has a
+        key of its own that may only deliver."""
+        if self.platform == KNATIVE:
+            if self.issuer is None:
+                from shared_lib.devstack.oidc import LocalIssuer
+
+                self.issuer = LocalIssuer().start()
+            env[f"{ENV_PREFIX}OIDC_DISCOVERY_URL"] = self.issuer.url
+        else:
+            if self.connector_key is None:
+                self.connector_key = secrets.token_urlsafe(24)
+            keys = env.get(f"{ENV_PREFIX}API_KEYS", "")
+            env[f"{ENV_PREFIX}API_KEYS"] = f"{keys};{self.connector_key}={DELIVER}".lstrip(";")
+
+    def _function_env(self, spec: FunctionSpec, env: dict[str, str]) -> dict[str, str]:
+        """A function's own settings: the audience and source its Knative sender has."""
+        if self.issuer is None or f"{ENV_PREFIX}OIDC_DISCOVERY_URL" not in env:
+            return env
+        from shared_lib.devstack.oidc import kafka_source_subject, service_audience
+
+        return {
+            **env,
+            f"{ENV_PREFIX}OIDC_AUDIENCE": service_audience(KNATIVE_NAMESPACE, spec.name),
+            f"{ENV_PREFIX}OIDC_SUBJECTS": kafka_source_subject(KNATIVE_NAMESPACE, spec.name),
+        }
 
     def _plan_functions(self) -> list[tuple[FunctionSpec, Path, int]]:
         """Which functions run on which port; checked before any store is started."""
@@ -504,6 +559,7 @@ class LocalStack:
     def _spawn(
         self, spec: FunctionSpec, source: Path, port: int, env: dict[str, str], cwd: Path
     ) -> FunctionProcess:
+        env = self._function_env(spec, env)
         log_path = self.log_dir / f"{spec.name}.log"
         cmd = [
             sys.executable, "-m", "functions_framework",
@@ -567,10 +623,29 @@ class LocalStack:
             bridge_logger.setLevel(logging.INFO)
         self._bridge_log = handler
         try:
-            self.bridge = KafkaBridge(self.kafka_bootstrap, self.routes, **self.bridge_options)
+            self.bridge = KafkaBridge(
+                self.kafka_bootstrap,
+                self.routes,
+                dispatcher=self._dispatcher(),
+                **self.bridge_options,
+            )
             self.bridge.start()
         except BridgeError as exc:
             raise StackError(f"Kafka bridge: {exc}") from exc
+
+    def _dispatcher(self) -> Dispatcher:
+        from shared_lib.devstack.bridge import KnativeDispatcher, OpenFaasConnector
+
+        if self.platform == KNATIVE:
+            names = {
+                topic: self.processes[d].spec.name
+                for d, topic in topics.CONSUMED_BY.items()
+                if d in self.processes
+            }
+            return KnativeDispatcher(
+                names, self.issuer, namespace=KNATIVE_NAMESPACE, **self.delivery_options
+            )
+        return OpenFaasConnector(self.connector_key, **self.delivery_options)
 
     def _write_state(self) -> None:
         state = {
@@ -597,6 +672,9 @@ class LocalStack:
                 self._bridge_log = None
             processes = [p.process for p in self.processes.values()]
             _terminate(processes, self.stop_timeout)
+            issuer, self.issuer = self.issuer, None
+            if issuer is not None:
+                issuer.stop()
             broker, self.broker = self.broker, None
             if broker is not None:
                 broker.stop(graceful=False)
@@ -620,7 +698,7 @@ class LocalStack:
         out.write(f"kafka     {self.kafka_bootstrap or 'none'}\n")
         if self.bridge is not None:
             for topic, url in self.routes.items():
-                out.write(f"bridge    {topic} -> {url}\n")
+                out.write(f"bridge    {topic} -> {url} (as {self.platform})\n")
         out.write(f"logs      {self.log_dir}\n")
         out.flush()
 

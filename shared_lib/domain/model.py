@@ -227,6 +227,8 @@ class RequestMeta:
 
     idempotency_key: str
     actor: str | None = None
+    # a delivery recorded by an earlier release under its bare event id (see run_recorded)
+    legacy_key: str | None = None
 
 
 # ---- commands -------------------------------------------------------------------------

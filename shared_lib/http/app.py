@@ -32,7 +32,18 @@ from shared_lib.domain.errors import (
 from shared_lib.domain.model import RequestMeta
 from shared_lib.http import metrics
 from shared_lib.http.auth import Authenticator, AuthError
-from shared_lib.http.delivery import Delivery, classify
+from shared_lib.http.delivery import (
+    OPENFAAS,
+    Delivery,
+    DeliveryError,
+    decode_json,
+    final_status,
+    identity_key,
+    legacy_key,
+    shape_of,
+    topic_of_source,
+)
+from shared_lib.http.delivery import parse as parse_delivery
 from shared_lib.services.guard import Outcome
 
 if TYPE_CHECKING:
@@ -45,18 +56,21 @@ KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
 HEALTH_PATHS = ("/health/live", "/health/ready", "/_/health", "/_/ready")
 RAW_BODY = "psi.raw_body"
 ROUTE = "psi.route"
+# set once a platform's sender is authenticated and the delivery is for this route's topic
+SENDER = "psi.sender"
 
 
-def is_connector_delivery(request: flask.Request) -> bool:
-    """OpenFaaS kafka-connector posts the raw record with X-Topic and no CloudEvent headers;
-    nobody else parks what the function refuses, so the function does (KafkaSource has its
-    own dead-letter sink)."""
-    return bool(request.headers.get("X-Topic")) and not request.headers.get("ce-id")
+@dataclass(frozen=True)
+class Sender:
+    """An authenticated platform delivery: what its final answer and dead letter need."""
+
+    platform: str
+    topic: str  # the route's own topic: the only one a letter may name
 
 
 def _int_header(request: flask.Request, name: str) -> int | None:
     value = request.headers.get(name, "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isdigit() and len(value) <= 19 else None
 
 
 @dataclass
@@ -218,10 +232,9 @@ class FunctionApp:
         except Exception:
             log.exception("unhandled error", method=request.method, path=request.path)
             reply = Reply(500, {"error": "internal", "message": "unexpected server error"})
-        # 401/403: not a delivery we trust, so nothing of it is written anywhere
-        refused = 400 <= reply.status < 500 and reply.status not in (401, 403)
-        if refused and is_connector_delivery(request):
-            self._dead_letter(request, reply)
+        sender: Sender | None = request.environ.get(SENDER)
+        if sender is not None and 400 <= reply.status < 500:
+            reply = self._refuse_delivery(request, sender, reply)
         elapsed = time.perf_counter() - started
         route_label = request.environ.get(ROUTE, route_label)
         metrics.REQUESTS.labels(self.name, route_label, str(reply.status)).inc()
@@ -276,45 +289,36 @@ class FunctionApp:
         )
 
     def _run(self, route: Route, params: dict[str, str], request: flask.Request) -> Reply:
-        actor = self.auth.check(request.headers.get("Authorization"), route.scope)
-        document = self._read_json(request) if route.mutation else None
-        delivery = classify(request.headers, document) if route.mutation else None
-        if delivery is not None:
-            if not route.consumes(delivery.topic):
-                raise HttpError(
-                    400,
-                    {
-                        "error": "unexpected_topic",
-                        "message": f"this function consumes {route.topic or 'no topic'}",
-                        "topic": delivery.topic,
-                    },
-                )
-            document = delivery.data
+        authorization = request.headers.get("Authorization")
+        # only a route that consumes a topic takes deliveries; its sender must be its platform
+        platform = shape_of(request.headers) if route.mutation and route.topic else None
+        if platform is None:
+            actor = self.auth.check(authorization, route.scope)
+        else:
+            actor = self.auth.check_sender(authorization, platform)
+            self._accept_sender(route, platform, request)
+        raw = self._read_body(request) if route.mutation else None
+        delivery = None
+        try:
+            if platform is not None:
+                delivery = parse_delivery(platform, request.headers, raw or b"")
+                document = delivery.data
+            else:
+                document = decode_json(raw) if raw is not None else None
+        except DeliveryError as exc:
+            error = "invalid_json" if exc.field == "body" else "invalid_delivery"
+            raise HttpError(
+                400, {"error": error, "field": exc.field, "message": str(exc)}
+            ) from None
         meta = None
         if route.mutation:
-            key = request.headers.get("Idempotency-Key") or (delivery and delivery.event_id)
-            if not key and not route.key_required:
-                key = uuid.uuid4().hex
-            if not key:
-                raise HttpError(
-                    400,
-                    {
-                        "error": "invalid_request",
-                        "field": "Idempotency-Key",
-                        "message": "Idempotency-Key: header is required for this request",
-                    },
-                )
-            if not KEY_PATTERN.match(key):
-                raise HttpError(
-                    400,
-                    {
-                        "error": "invalid_request",
-                        "field": "Idempotency-Key",
-                        "message": "Idempotency-Key: 1..200 printable ASCII characters",
-                    },
-                )
-            meta = RequestMeta(idempotency_key=key, actor=actor)
-            logs.bind(idempotency_key=key, event_id=delivery.event_id if delivery else None)
+            key = self._idempotency_key(route, request, delivery)
+            meta = RequestMeta(idempotency_key=key, actor=actor, legacy_key=legacy_key(delivery))
+            logs.bind(
+                idempotency_key=meta.idempotency_key,
+                event_id=delivery.event_id if delivery else None,
+                event_source=delivery.source if delivery else None,
+            )
         body = self._validate(route, document)
         call = Call(params, request.args, body, meta, delivery, self)
         result = route.handler(call)
@@ -328,6 +332,50 @@ class FunctionApp:
         self._after_commit()
         return Reply(201 if route.created else 200, result.body, headers)
 
+    def _accept_sender(self, route: Route, platform: str, request: flask.Request) -> None:
+        """A delivery names its topic in the envelope (X-Topic, or a KafkaSource source's
+        fragment); one for another function's topic is refused and never dead-lettered."""
+        named = request.headers.get("X-Topic") if platform == OPENFAAS else None
+        named = named or topic_of_source(request.headers.get("ce-source"))
+        if not route.consumes(named):
+            log.error("delivery for another topic", topic=named, consumes=route.topic)
+            raise HttpError(
+                400,
+                {
+                    "error": "unexpected_topic",
+                    "message": f"this function consumes {route.topic}",
+                    "topic": named,
+                },
+            )
+        request.environ[SENDER] = Sender(platform, named or str(route.topic))
+
+    def _idempotency_key(
+        self, route: Route, request: flask.Request, delivery: Delivery | None
+    ) -> str:
+        # a delivery is known by its identity; a client's header means nothing on it
+        key = delivery.idempotency_key if delivery else request.headers.get("Idempotency-Key")
+        if not key and not route.key_required:
+            return uuid.uuid4().hex
+        if not key:
+            raise HttpError(
+                400,
+                {
+                    "error": "invalid_request",
+                    "field": "Idempotency-Key",
+                    "message": "Idempotency-Key: header is required for this request",
+                },
+            )
+        if not KEY_PATTERN.match(key):
+            raise HttpError(
+                400,
+                {
+                    "error": "invalid_request",
+                    "field": "Idempotency-Key",
+                    "message": "Idempotency-Key: 1..200 printable ASCII characters",
+                },
+            )
+        return key
+
     def _observe_gate(self, degraded: bool) -> None:
         gate = self.platform.gate if self.needs_redis else None
         if gate is not None:  # with Redis disabled by configuration there is no fast path
@@ -338,34 +386,81 @@ class FunctionApp:
         if kick is not None:
             kick()
 
-    def _dead_letter(self, request: flask.Request, reply: Reply) -> None:
-        from shared_lib.domain.events import dead_letter
+    def _refuse_delivery(self, request: flask.Request, sender: Sender, reply: Reply) -> Reply:
+        """A delivery refused for good ends once on every platform: Knative dead-letters
+        what it is answered with a status it does not retry; on OpenFaaS nothing parks a
+        refusal, so the function writes the dead letter itself, once per record."""
+        if reply.status in (408, 429):
+            return reply  # transient: the platform delivers it again
+        if sender.platform == OPENFAAS:
+            try:
+                reply = self._dead_letter(request, sender, reply)
+            except PsiError as exc:  # the letter could not be kept: deliver it again later
+                return Reply(status_of(exc), exc.as_dict(), {"Retry-After": "5"})
+            except Exception:
+                log.exception("dead letter not written")
+                return Reply(500, {"error": "internal", "message": "dead letter not written"})
+        reply.status = final_status(sender.platform, reply.status)
+        return reply
+
+    def _dead_letter(self, request: flask.Request, sender: Sender, reply: Reply) -> Reply:
+        """Write the letter through the outbox with a record of the refusal, in one
+        transaction: a record delivered again is answered as the first time, not parked
+        twice. A payload too large for a letter is kept whole in the report store."""
+        from shared_lib.adapters.reports import reports_from_settings
+        from shared_lib.domain.events import MAX_EXCERPT_BYTES, dead_letter
         from shared_lib.topics import DEAD_LETTER
 
-        reason = json.dumps(reply.body) if isinstance(reply.body, dict) else str(reply.body)
+        payload = request.environ.get(RAW_BODY, b"")
+        partition = _int_header(request, "X-Kafka-Partition")
+        offset = _int_header(request, "X-Kafka-Offset")
+        record = None
+        if partition is not None and offset is not None:
+            record = identity_key(f"kafka:{sender.topic}", f"{partition}/{offset}")
+        letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, record) if record else uuid.uuid4())
+        ref = None
+        if len(payload) > MAX_EXCERPT_BYTES:
+            store = reports_from_settings(self.settings)
+            ref = store.keep(f"dead-letters/{sender.topic}/{letter_id}", payload)
         document = dead_letter(
-            topic=request.headers["X-Topic"],
-            partition=_int_header(request, "X-Kafka-Partition"),
-            offset=_int_header(request, "X-Kafka-Offset"),
+            topic=sender.topic,
+            partition=partition,
+            offset=offset,
             key=request.headers.get("X-Kafka-Key"),
-            payload=request.environ.get(RAW_BODY, b""),
+            payload=payload,
             status=reply.status,
-            reason=reason,
+            reason=json.dumps(reply.body) if isinstance(reply.body, dict) else str(reply.body),
+            payload_ref=ref,
             function=self.name,
+            id=letter_id,
         )
-        publisher = self.platform.publisher
-        metrics.dead_letter(self.name, document["topic"])
-        if publisher is None:
-            log.warning("dead letter (no Kafka configured)", dead_letter=document)
-            return
-        try:
-            publisher.publish(
-                DEAD_LETTER, document["key"] or "", json.dumps(document).encode(), None
-            )
-        except Exception as exc:
-            log.error("dead letter not published", error=str(exc), dead_letter=document)
+        answer = {"status": reply.status, "body": reply.body}
 
-    def _read_json(self, request: flask.Request) -> Any:
+        def park(store: Any) -> dict[str, Any] | None:
+            if record is not None:
+                prior = store.recall(record)
+                if prior is not None:
+                    return dict(prior[1])
+                store.remember(record, "dead-letter", "dead_letter", answer)
+            store.add_event(DEAD_LETTER, document["key"] or "", document)
+            return None
+
+        first = self.platform.deps.tx.run(park)
+        if first is not None:
+            return Reply(int(first["status"]), first["body"])
+        metrics.dead_letter(self.name, sender.topic)
+        log.warning(
+            "dead-lettered",
+            topic=sender.topic,
+            partition=partition,
+            offset=offset,
+            status=reply.status,
+            payload_bytes=len(payload),
+        )
+        self._after_commit()
+        return reply
+
+    def _read_body(self, request: flask.Request) -> bytes:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise HttpError(413, {"error": "body_too_large", "limit_bytes": limit})
@@ -373,15 +468,7 @@ class FunctionApp:
         request.environ[RAW_BODY] = raw
         if len(raw) > limit:
             raise HttpError(413, {"error": "body_too_large", "limit_bytes": limit})
-        if not raw.strip():
-            return {}
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            message = "body: is not valid UTF-8"
-        except json.JSONDecodeError as exc:
-            message = f"body: is not valid JSON ({exc.msg} at character {exc.pos})"
-        raise HttpError(400, {"error": "invalid_json", "field": "body", "message": message})
+        return raw
 
     def _validate(self, route: Route, document: Any) -> Any:
         if route.body is None:

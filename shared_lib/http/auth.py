@@ -1,18 +1,31 @@
-"""API keys with scopes, sent as ``Authorization: Bearer <key>`` and compared in constant time.
+"""Who is calling: API keys with scopes, and the platforms' delivery senders.
 
+API keys are sent as ``Authorization: Bearer <key>`` (or as the password of HTTP Basic
+credentials, which is all an OpenFaaS connector can send: Go's net/http turns the user
+info of its ``gateway_url`` into ``Authorization: Basic``) and compared in constant time.
 ``PSI_API_KEYS`` (or the file named by ``PSI_API_KEYS_FILE``, or the mounted secret
 ``psi-api-keys``) holds entries separated by ``;`` or new lines: ``<key>=<scope>,<scope>``.
-Scopes: ``stock:read``, ``stock:write``, ``orders:write``, ``admin`` (implies every scope).
+Scopes: ``stock:read``, ``stock:write``, ``orders:write``, ``events:deliver`` (an OpenFaaS
+connector's key: it may deliver Kafka records, nothing else), ``admin`` (every scope).
+
+Knative deliveries carry an OIDC sender token instead (``shared_lib.http.senders``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shared_lib.config import ConfigError, Settings
 
-SCOPES = ("stock:read", "stock:write", "orders:write", "admin")
+if TYPE_CHECKING:
+    from shared_lib.http.senders import OidcVerifier
+
+DELIVER = "events:deliver"
+SCOPES = ("stock:read", "stock:write", "orders:write", DELIVER, "admin")
 
 
 @dataclass(frozen=True)
@@ -51,10 +64,32 @@ def parse_keys(text: str) -> list[ApiKey]:
     return keys
 
 
+def _presented_secret(authorization: str | None) -> str | None:
+    """The key in ``Bearer <key>``, or the password of ``Basic base64(user:password)``."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    if scheme.lower() == "basic" and token:
+        try:
+            decoded = base64.b64decode(token, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
 class Authenticator:
-    def __init__(self, keys: list[ApiKey], *, disabled: bool = False) -> None:
+    def __init__(
+        self,
+        keys: list[ApiKey],
+        *,
+        disabled: bool = False,
+        oidc: OidcVerifier | None = None,
+    ) -> None:
         self.keys = keys
         self.disabled = disabled
+        self.oidc = oidc
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
@@ -70,16 +105,16 @@ class Authenticator:
                 "no API keys configured: set PSI_API_KEYS (or PSI_API_KEYS_FILE), "
                 "or PSI_AUTH_DISABLED=true for local development only"
             )
-        return cls(keys, disabled=settings.auth_disabled)
+        return cls(keys, disabled=settings.auth_disabled, oidc=oidc_from_settings(settings))
 
     def check(self, authorization: str | None, scope: str) -> str | None:
         """The caller's key name, or AuthError (401 unknown caller, 403 missing scope)."""
         if self.disabled:
             return None
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        secret = _presented_secret(authorization)
+        if secret is None:
             raise AuthError(401, "unauthorized", "send Authorization: Bearer <api key>")
-        presented = token.strip().encode()
+        presented = secret.encode()
         match = None
         for key in self.keys:  # no early exit: timing says nothing about which key matched
             if hmac.compare_digest(presented, key.secret.encode()):
@@ -89,3 +124,45 @@ class Authenticator:
         if not match.allows(scope):
             raise AuthError(403, "forbidden", f"this API key lacks the scope {scope!r}")
         return match.name
+
+    def check_sender(self, authorization: str | None, platform: str) -> str | None:
+        """Who sent a delivery of ``platform``'s shape: a Knative source's OIDC subject, or
+        the name of an OpenFaaS connector's key. Anything else is refused: a delivery's
+        headers are only believed from its platform."""
+        from shared_lib.http.delivery import KNATIVE
+
+        if self.disabled:
+            return None
+        if platform != KNATIVE:
+            return self.check(authorization, DELIVER)
+        scheme, _, token = (authorization or "").partition(" ")
+        if self.oidc is None:
+            raise AuthError(
+                401,
+                "unauthorized",
+                "CloudEvent deliveries need a Knative OIDC sender token, and this function"
+                " has no issuer configured (PSI_OIDC_DISCOVERY_URL)",
+            )
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError(401, "unauthorized", "send the Knative OIDC sender token")
+        return self.oidc.verify(token.strip())
+
+
+def oidc_from_settings(settings: Settings) -> OidcVerifier | None:
+    if settings.oidc_discovery_url is None:
+        return None
+    if not settings.oidc_audience or not settings.oidc_subjects:
+        raise ConfigError(
+            "PSI_OIDC_DISCOVERY_URL needs PSI_OIDC_AUDIENCE (the sink.audience of this"
+            " function's sources) and PSI_OIDC_SUBJECTS (the sources it trusts)"
+        )
+    from shared_lib.http.senders import OidcVerifier
+
+    subjects = frozenset(s.strip() for s in settings.oidc_subjects.split(",") if s.strip())
+    return OidcVerifier(
+        settings.oidc_discovery_url,
+        settings.oidc_audience,
+        subjects,
+        ca_file=settings.oidc_ca_file,
+        token_file=settings.oidc_token_file,
+    )

@@ -1,67 +1,246 @@
-"""How a request arrived: a plain HTTP call, or a Kafka message delivered over HTTP.
+"""How a request arrived: a plain HTTP call, or a Kafka record delivered by a platform.
 
-- Knative KafkaSource: CloudEvents binary mode (``ce-id``, ``ce-source`` ... headers, the
-  message value as body) or structured mode (``application/cloudevents+json``).
-- OpenFaaS kafka-connector: the raw message value, topic in ``X-Topic``.
+Two platforms, each with its own shape (docs/platform-contracts.md has every rule with
+its source):
 
-A delivery's idempotency key is the CloudEvent id (so a redelivered message has one effect);
-a raw message without one falls back to ``Idempotency-Key`` or its topic/partition/offset.
+- **Knative** (KafkaSource dispatcher): CloudEvents over HTTP, binary mode (``ce-*``
+  headers, the event's data as body) or structured mode (``application/cloudevents+json``).
+  A record that was not a CloudEvent arrives as ``id = partition:<p>/offset:<o>``,
+  ``source = /apis/v1/namespaces/<ns>/kafkasources/<name>#<topic>``.
+- **OpenFaaS** (kafka-connector, cron-connector, queue-worker): the record value as body,
+  the topic in ``X-Topic``, ``X-Kafka-Partition`` / ``X-Kafka-Offset`` / ``X-Kafka-Key``
+  and every record header as ``X-Kafka-<name>``. A record that is a CloudEvent by the
+  CloudEvents Kafka binding (a ``content-type: application/cloudevents+json`` header, or
+  ``ce_`` headers) is read as one.
+
+A delivery's identity is what its spec says: a CloudEvent's (source, id); a plain record's
+(topic, partition, offset). Its idempotency key is a digest of that identity, so ids from
+different sources never collide.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
+KNATIVE = "knative"
+OPENFAAS = "openfaas"
+PLATFORMS = (KNATIVE, OPENFAAS)
+# cron-connector invokes with this topic and no body (openfaas/cron-connector main.go)
+CRON_TOPIC = "cron-function"
+# PingSource's event type (knative/eventing pkg/apis/sources/v1/ping_lifecycle.go)
+PING_TYPE = "dev.knative.sources.ping"
+
+
+class DeliveryError(ValueError):
+    """A delivery whose envelope breaks its platform's contract; ``field`` names the part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def shape_of(headers: Mapping[str, str]) -> str | None:
+    """The platform whose delivery shape these headers have; None for a plain HTTP call.
+    Only headers are read: the sender must be authenticated before the body is."""
+    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type == CLOUDEVENTS_JSON or headers.get("ce-id") or headers.get("ce-specversion"):
+        return KNATIVE
+    if headers.get("X-Topic"):
+        return OPENFAAS
+    return None
+
+
+def retried_by(platform: str, status: int) -> bool:
+    """Whether the platform sends a delivery again after this answer.
+
+    Knative: the data-plane contract and EKB's WebClientCloudEventSender retry 404, 408,
+    409, 429 and 5xx. OpenFaaS: the queue-worker's default ``httpRetryCodes`` are 408, 429,
+    500, 502, 503, 504; kafka-connector and cron-connector themselves never retry.
+    """
+    if platform == KNATIVE:
+        return status >= 500 or status in (404, 408, 409, 429)
+    return status in (408, 429, 500, 502, 503, 504)
+
+
+def final_status(platform: str, status: int) -> int:
+    """A refusal (4xx) must end the delivery: a status the platform would retry becomes 422,
+    so a business refusal never blocks an ordered partition with a retry storm."""
+    if 400 <= status < 500 and status not in (408, 429) and retried_by(platform, status):
+        return 422
+    return status
+
+
+def identity_key(source: str, event_id: str) -> str:
+    """The idempotency key of a delivery: fixed length, printable, one per (source, id)."""
+    digest = hashlib.sha256(f"{len(source)}:{source}{event_id}".encode()).hexdigest()
+    return f"delivery-{digest[:48]}"
 
 
 @dataclass(frozen=True)
 class Delivery:
-    topic: str | None
-    event_id: str | None
+    platform: str
+    topic: str | None  # None when the envelope does not say (a forwarded CloudEvent)
     source: str | None
+    event_id: str | None
     data: Any
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None  # the Kafka record key
+    legacy_key: str | None = None  # the key releases before 0.2 recorded (bare event id)
+    event_type: str | None = None
+
+    @property
+    def scheduled(self) -> bool:
+        """A platform's schedule fired it: PingSource's event or a cron-connector call."""
+        return self.event_type == PING_TYPE or self.topic == CRON_TOPIC
+
+    @property
+    def idempotency_key(self) -> str | None:
+        if self.source is None or self.event_id is None:
+            return None
+        return identity_key(self.source, self.event_id)
 
 
-def _topic_of_source(source: str | None) -> str | None:
-    """KafkaSource sources look like /apis/v1/namespaces/ns/kafkasources/name#topic."""
-    if not source:
-        return None
-    if "#" in source:
+def decode_json(raw: bytes, field: str = "body") -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DeliveryError(field, "is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DeliveryError(
+            field, f"is not valid JSON ({exc.msg} at character {exc.pos})"
+        ) from None
+    except RecursionError:
+        raise DeliveryError(field, "is nested too deeply") from None
+
+
+def topic_of_source(source: str | None) -> str | None:
+    """KafkaSource sources end in ``#<topic>`` (InvalidCloudEventInterceptor)."""
+    if source and "#" in source:
         return source.rsplit("#", 1)[1] or None
-    tail = source.rstrip("/").rsplit("/", 1)[-1]
-    return tail if tail.startswith("psi.") else None
+    return None
 
 
-def _unwrap(document: Any) -> tuple[Any, str | None, str | None]:
-    """A message value that is itself a structured CloudEvent carries its own id."""
-    if isinstance(document, dict) and "specversion" in document and "data" in document:
-        return document["data"], document.get("id"), document.get("source")
-    return document, None, None
+def _int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name, "")
+    return int(value) if value.isdigit() and len(value) <= 19 else None
 
 
-def classify(headers: Mapping[str, str], document: Any) -> Delivery | None:
-    """None for a plain HTTP call; else what the event says about itself."""
+def _structured(raw: bytes) -> tuple[str, str, Any, str | None]:
+    document = decode_json(raw, "body")
+    if not isinstance(document, dict):
+        raise DeliveryError("body", "a structured CloudEvent must be a JSON object")
+    source, event_id = document.get("source"), document.get("id")
+    if not isinstance(source, str) or not source or not isinstance(event_id, str) or not event_id:
+        raise DeliveryError("body", "a CloudEvent needs a non-empty source and id")
+    event_type = document.get("type")
+    return (
+        source,
+        event_id,
+        document.get("data"),
+        event_type if isinstance(event_type, str) else None,
+    )
+
+
+def _knative(headers: Mapping[str, str], raw: bytes) -> Delivery:
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type == CLOUDEVENTS_JSON:
-        if not isinstance(document, dict):
-            return Delivery(None, None, None, document)
-        source = document.get("source")
-        topic = headers.get("X-Topic") or _topic_of_source(source) or document.get("type")
-        return Delivery(topic, document.get("id"), source, document.get("data"))
-    if headers.get("ce-id"):
-        data, inner_id, _ = _unwrap(document)
-        source = headers.get("ce-source")
-        topic = headers.get("X-Topic") or _topic_of_source(source)
-        return Delivery(topic, inner_id or headers["ce-id"], source, data)
-    if headers.get("X-Topic"):
-        data, inner_id, source = _unwrap(document)
-        event_id = inner_id
-        if event_id is None and headers.get("X-Kafka-Partition") and headers.get("X-Kafka-Offset"):
-            event_id = (
-                f"{headers['X-Topic']}:{headers['X-Kafka-Partition']}:{headers['X-Kafka-Offset']}"
-            )
-        return Delivery(headers["X-Topic"], event_id, source, data)
-    return None
+        source, event_id, data, event_type = _structured(raw)
+    else:
+        source, event_id = headers.get("ce-source", ""), headers.get("ce-id", "")
+        event_type = headers.get("ce-type")
+        if not source or not event_id:
+            raise DeliveryError("ce-source", "a CloudEvent needs the ce-source and ce-id headers")
+        data = decode_json(raw, "body")
+    return Delivery(
+        KNATIVE,
+        topic_of_source(source),
+        source,
+        event_id,
+        data,
+        partition=_int(headers, "ce-knativekafkapartition"),
+        offset=_int(headers, "ce-knativekafkaoffset"),
+        key=headers.get("ce-key"),
+        legacy_key=event_id,
+        event_type=event_type,
+    )
+
+
+def _record_key(headers: Mapping[str, str]) -> str | None:
+    key = headers.get("X-Kafka-Key")
+    if key is None or headers.get("X-Kafka-Key-Enc", "").lower() != "b64":
+        return key
+    try:
+        return base64.b64decode(key, validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return key
+
+
+def _openfaas(headers: Mapping[str, str], raw: bytes) -> Delivery:
+    topic = headers["X-Topic"]
+    partition, offset = _int(headers, "X-Kafka-Partition"), _int(headers, "X-Kafka-Offset")
+    record_type = headers.get("X-Kafka-Content-Type", "").split(";")[0].strip().lower()
+    common = {"partition": partition, "offset": offset, "key": _record_key(headers)}
+    if record_type == CLOUDEVENTS_JSON:
+        source, event_id, data, event_type = _structured(raw)
+        return Delivery(
+            OPENFAAS,
+            topic,
+            source,
+            event_id,
+            data,
+            legacy_key=event_id,
+            event_type=event_type,
+            **common,
+        )
+    if headers.get("X-Kafka-Ce_specversion") and headers.get("X-Kafka-Ce_id"):
+        source, event_id = headers.get("X-Kafka-Ce_source", ""), headers["X-Kafka-Ce_id"]
+        if not source:
+            raise DeliveryError("X-Kafka-Ce_source", "a CloudEvent record needs ce_source")
+        data = decode_json(raw, "body")
+        event_type = headers.get("X-Kafka-Ce_type")
+        return Delivery(
+            OPENFAAS,
+            topic,
+            source,
+            event_id,
+            data,
+            legacy_key=event_id,
+            event_type=event_type,
+            **common,
+        )
+    data = decode_json(raw, "body")
+    if partition is None or offset is None:  # cron-connector: no record behind the call
+        return Delivery(OPENFAAS, topic, None, None, data, **common)
+    legacy = f"{topic}:{partition}:{offset}"
+    return Delivery(
+        OPENFAAS,
+        topic,
+        f"kafka:{topic}",
+        f"{partition}/{offset}",
+        data,
+        legacy_key=legacy,
+        **common,
+    )
+
+
+def parse(platform: str, headers: Mapping[str, str], raw: bytes) -> Delivery:
+    """The delivery in a request of ``platform``'s shape; DeliveryError names what is wrong."""
+    return _knative(headers, raw) if platform == KNATIVE else _openfaas(headers, raw)
+
+
+def legacy_key(delivery: Delivery | None) -> str | None:
+    """The key a delivery was recorded under before identities were (source, id) digests,
+    when it differs from the new one: its first answer is still found there."""
+    if delivery is None or delivery.legacy_key == delivery.idempotency_key:
+        return None
+    return delivery.legacy_key

@@ -131,7 +131,9 @@ def guarded_write(
                 degraded = True
 
     try:
-        body, levels, replayed = run_recorded(deps, key, fingerprint, command.kind, work)
+        body, levels, replayed = run_recorded(
+            deps, key, fingerprint, command.kind, work, legacy_key=meta.legacy_key
+        )
     except BaseException:
         _release(deps, held, req)
         raise
@@ -143,10 +145,19 @@ def guarded_write(
 
 
 def run_recorded(
-    deps: Deps, key: str, fingerprint: str, kind: str, work: Work
+    deps: Deps,
+    key: str,
+    fingerprint: str,
+    kind: str,
+    work: Work,
+    *,
+    legacy_key: str | None = None,
 ) -> tuple[dict[str, Any], list[Level], bool]:
     """Run `work` in one transaction with its idempotency record; a key already recorded
-    answers with the first answer instead (replayed=True)."""
+    answers with the first answer instead (replayed=True). A delivery also finds its first
+    answer under ``legacy_key`` (its bare event id, as releases before 0.2 recorded it)
+    when that record is of the same request: another source's event with the same id
+    has another fingerprint and is not taken for it."""
 
     def transaction(store: StockStore) -> tuple[dict[str, Any], list[Level], bool]:
         prior = store.recall(key)
@@ -154,6 +165,9 @@ def run_recorded(
             if prior[0] != fingerprint:
                 raise IdempotencyConflict(key)
             return prior[1], [], True
+        legacy = store.recall(legacy_key) if legacy_key else None
+        if legacy is not None and legacy[0] == fingerprint:
+            return legacy[1], [], True
         body, levels = work(store)
         store.remember(key, fingerprint, kind, body)
         return body, levels, False

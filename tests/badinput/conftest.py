@@ -122,7 +122,7 @@ def kafka_stack(
         base_port=0,
         environ=environ,
         functions=("stock_in",),
-        bridge_options={"backoff_base": 0.05, "backoff_max": 0.5},
+        delivery_options={"retry": 5, "backoff_delay": 0.05},
         announce=lambda line: None,
     )
     engine = sa.create_engine(database_url, pool_size=2)

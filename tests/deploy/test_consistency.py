@@ -403,7 +403,7 @@ def test_knative_container_uses_kubernetes_types(copy: Path) -> None:
     assert len(problems) == 1
     assert problems[0].file == "infra/knative/service-reconcile.yaml"
     assert problems[0].message.startswith(
-        "Service reconcile: spec.template.spec.containers.0.env.3:"
+        "Service reconcile: spec.template.spec.containers.0.env.6:"
     )
     assert "'valeu' was unexpected" in problems[0].message
 
@@ -516,3 +516,27 @@ def test_root_image_must_not_run_as_root(copy: Path) -> None:
 def test_stack_defaults_substitute_like_faas_cli() -> None:
     text = "image: ${REGISTRY:-ghcr.io/psi-functions}/x:${TAG:-0.1.0} and ${UNSET}"
     assert manifests.substitute_defaults(text) == "image: ghcr.io/psi-functions/x:0.1.0 and "
+
+
+def test_every_kafka_source_sends_a_token_its_function_accepts() -> None:
+    """The KafkaSource's sink.audience is what its Service checks, and the Service trusts
+    that source's OIDC service account (``<name>-oidc-sources.knative.dev-kafkasource``)."""
+    from shared_lib.devstack.oidc import kafka_source_subject
+
+    knative = ROOT / "infra" / "knative"
+    namespace = yaml.safe_load((knative / "kustomization.yaml").read_text())["namespace"]
+    sources = list(yaml.safe_load_all((knative / "kafka-sources.yaml").read_text()))
+    assert {s["spec"]["sink"]["ref"]["name"] for s in sources} == {
+        name.replace("_", "-") for name in topics.CONSUMED_BY
+    }
+    for source in sources:
+        service_name = source["spec"]["sink"]["ref"]["name"]
+        service = yaml.safe_load((knative / f"service-{service_name}.yaml").read_text())
+        env = {
+            e["name"]: e.get("value")
+            for e in service["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["PSI_OIDC_DISCOVERY_URL"] == "https://kubernetes.default.svc"
+        assert env["PSI_OIDC_AUDIENCE"] == source["spec"]["sink"]["audience"]
+        subjects = env["PSI_OIDC_SUBJECTS"].split(",")
+        assert kafka_source_subject(namespace, source["metadata"]["name"]) in subjects

@@ -86,7 +86,7 @@ def e2e(
         data_dir=data_dir,
         base_port=0,
         environ=environ,
-        bridge_options={"backoff_base": 0.05, "backoff_max": 0.5},
+        delivery_options={"retry": 5, "backoff_delay": 0.05},
     )
     client = redis.Redis.from_url(redis_server, socket_timeout=5)
     engine = sa.create_engine(database_url)

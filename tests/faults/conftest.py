@@ -62,7 +62,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, mysql_server: str) -> Itera
         environ=environ,
         functions=FUNCTIONS,
         ready_timeout=90.0,
-        bridge_options={"backoff_base": 0.05, "backoff_max": 0.5},
+        delivery_options={"retry": 5, "backoff_delay": 0.05},
         announce=lambda line: None,
     )
     engine = sa.create_engine(database_url, pool_size=4, pool_pre_ping=True)

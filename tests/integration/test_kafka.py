@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared_lib.adapters.kafka import KafkaEventPublisher, PublishError, Record, read_topic
-from shared_lib.devstack.bridge import KafkaBridge, cloudevent_request
+from shared_lib.devstack.bridge import KafkaBridge, KnativeDispatcher, OpenFaasConnector
 from shared_lib.devstack.broker import EmbeddedBroker
+from shared_lib.devstack.oidc import LocalIssuer, kafka_source_subject, service_audience
 from shared_lib.devstack.testing import CapturedRequest, HttpSink
+from shared_lib.http.senders import OidcVerifier
 from shared_lib.topics import DEAD_LETTER
 from tests.conftest import start_broker
 from tests.support import wait_until
@@ -51,25 +57,118 @@ def topic(broker: EmbeddedBroker) -> str:
     return name
 
 
-def _dead_letters_for(broker: EmbeddedBroker, topic: str, count: int) -> list[dict[str, object]]:
-    def mine(records: list[Record]) -> list[dict[str, object]]:
-        docs = [json.loads(r.value) for r in records]
-        return [d for d in docs if d["topic"] == topic]
+SOURCE_NAME = "stock-in"
+STRUCTURED = [("content-type", b"application/cloudevents+json")]
 
-    records = read_topic(
-        broker.bootstrap, DEAD_LETTER, until=lambda rs: len(mine(rs)) >= count, timeout=10
+
+def _knative(
+    broker: EmbeddedBroker,
+    topic: str,
+    url: str,
+    *,
+    retry: int = 3,
+    issuer: LocalIssuer | None = None,
+    **kwargs: Any,
+) -> KafkaBridge:
+    dispatcher = KnativeDispatcher({topic: SOURCE_NAME}, issuer, retry=retry, backoff_delay=0.02)
+    settings: dict[str, Any] = {"http_timeout": 5.0, **kwargs}
+    return KafkaBridge(broker.bootstrap, {topic: url}, dispatcher=dispatcher, **settings)
+
+
+def _openfaas(
+    broker: EmbeddedBroker,
+    topic: str,
+    url: str,
+    *,
+    credential: str | None = None,
+    max_attempts: int = 5,
+    initial_wait: float = 0.02,
+    **kwargs: Any,
+) -> KafkaBridge:
+    connector = OpenFaasConnector(
+        credential, max_attempts=max_attempts, initial_wait=initial_wait, max_wait=0.1
     )
-    return mine(records)
-
-
-def _bridge(broker: EmbeddedBroker, topic: str, url: str, **kwargs: object) -> KafkaBridge:
-    settings: dict[str, object] = {"backoff_base": 0.05, "backoff_max": 0.2, "http_timeout": 5.0}
-    settings.update(kwargs)
-    return KafkaBridge(broker.bootstrap, {topic: url}, **settings)  # type: ignore[arg-type]
+    settings: dict[str, Any] = {"http_timeout": 5.0, **kwargs}
+    return KafkaBridge(broker.bootstrap, {topic: url}, dispatcher=connector, **settings)
 
 
 def _answer(rule: Callable[[CapturedRequest], tuple[int, str]]) -> HttpSink:
     return HttpSink(rule).start()
+
+
+def _headers(record: Record) -> dict[str, str]:
+    return {name: raw.decode("utf-8", "replace") for name, raw in record.headers}
+
+
+def _letters(
+    broker: EmbeddedBroker, topic: str, count: int, *, settle: bool = False
+) -> list[Record]:
+    """The dead letters of records from ``topic`` (the letter topic is shared by the module),
+    in offset order. ``settle``: read until the timeout, to see every letter there is."""
+
+    def mine(records: list[Record]) -> list[Record]:
+        return [r for r in records if _headers(r).get("ce_source", "").endswith(f"#{topic}")]
+
+    records = read_topic(
+        broker.bootstrap,
+        DEAD_LETTER,
+        until=lambda rs: len(mine(rs)) > count if settle else len(mine(rs)) >= count,
+        timeout=2 if settle else 10,
+    )
+    return sorted(mine(records), key=lambda r: int(_headers(r)["ce_knativekafkaoffset"]))
+
+
+def _record(broker: EmbeddedBroker, topic: str, value: bytes) -> Record:
+    """The record with this value, as the broker holds it (partition and offset)."""
+    found = read_topic(
+        broker.bootstrap, topic, until=lambda rs: any(r.value == value for r in rs), timeout=10
+    )
+    return next(r for r in found if r.value == value)
+
+
+Scripted = tuple[int, str, dict[str, str]]
+
+
+class ScriptedSink:
+    """Like HttpSink, but an answer can carry headers (``Retry-After``)."""
+
+    def __init__(self, respond: Callable[[CapturedRequest], Scripted]) -> None:
+        self.respond = respond
+        self.requests: list[CapturedRequest] = []
+        self.times: list[float] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = CapturedRequest(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
+                status, text, headers = sink.respond(request)
+                sink.requests.append(request)
+                sink.times.append(time.monotonic())
+                payload = text.encode()
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(payload))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 # -- publisher and broker --------------------------------------------------------------
@@ -158,39 +257,73 @@ def test_stop_escalates_to_sigkill_when_graceful_stop_hangs(tmp_path: Path) -> N
         own.stop(graceful=False)
 
 
-# -- bridge ----------------------------------------------------------------------------
+# -- bridge: Knative KafkaSource ---------------------------------------------------------
 
 
-def test_bridge_delivers_binary_cloudevent(
+def test_knative_bridge_delivers_records_as_a_kafkasource_does(
     broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
 ) -> None:
-    publisher.publish(topic, "old", b'{"before": "start"}')  # bridge starts at the end
+    publisher.publish(topic, "old", b'{"before": "start"}')  # the bridge starts at the end
     read_topic(broker.bootstrap, topic, until=bool, timeout=5)
-    with HttpSink() as sink, _bridge(broker, topic, sink.url) as bridge:
-        publisher.publish(topic, "sku-1", b'{"sku": "sku-1", "qty": 3}')
-        structured = {"specversion": "1.0", "id": "evt-42", "source": "/x", "type": "t"}
-        publisher.publish(topic, "sku-1", json.dumps(structured).encode())
+    event = {
+        "specversion": "1.0",
+        "id": "evt-42",
+        "source": "/psi/stock",
+        "type": "psi.stock.changed",
+        "data": {"sku": "sku-1", "qty": 2},
+    }
+    plain_value, event_value = b'{"sku": "sku-1", "qty": 3}', json.dumps(event).encode()
+    subject = kafka_source_subject("psi", SOURCE_NAME)
+    with (
+        LocalIssuer() as issuer,
+        HttpSink() as sink,
+        _knative(broker, topic, sink.url, issuer=issuer) as bridge,
+    ):
+        publisher.publish(topic, "sku-1", plain_value)
+        publisher.publish(topic, "sku-1", event_value, headers=STRUCTURED)
+        publisher.publish(topic, "sku-1", event_value)  # no content-type: not a CloudEvent
+        requests = sink.wait_for(lambda rs: len(rs) >= 3, timeout=10)
+        wait_until(lambda: bridge.stats.delivered == 3, timeout=5)
+        verifier = OidcVerifier(
+            issuer.url, service_audience("psi", SOURCE_NAME), frozenset({subject})
+        )
+        senders = [
+            verifier.verify(str(r.header("authorization")).removeprefix("Bearer "))
+            for r in requests
+        ]
 
-        requests = sink.wait_for(lambda rs: len(rs) >= 2, timeout=10)
+    plain = _record(broker, topic, plain_value)
+    wrapped = _record(broker, topic, event_value)  # both share the key: one partition
+    p = plain.partition
+    first, forwarded, wrapped_req = requests
+    assert len(requests) == 3  # the record from before the start was not delivered
+    assert senders == [subject] * 3
 
-    records = read_topic(broker.bootstrap, topic, until=lambda rs: len(rs) >= 3, timeout=5)
-    first = next(r for r in records if r.value == b'{"sku": "sku-1", "qty": 3}')
-    binary, structured_req = requests[0], requests[1]
-    assert binary.method == "POST"
-    assert binary.body == b'{"sku": "sku-1", "qty": 3}'
-    assert binary.header("ce-specversion") == "1.0"
-    assert binary.header("ce-id") == f"{topic}-{first.partition}-{first.offset}"
-    assert binary.header("ce-source") == f"/psi/kafka/{topic}"
-    assert binary.header("ce-type") == "dev.knative.kafka.event"
-    assert binary.header("ce-subject") == f"partition:{first.partition}#{first.offset}"
-    assert binary.header("content-type") == "application/json"
-    assert binary.header("x-topic") == topic
-    assert structured_req.header("content-type") == "application/cloudevents+json"
-    assert structured_req.header("ce-id") is None
-    assert json.loads(structured_req.body) == structured
-    assert structured_req.header("x-topic") == topic
-    assert all(r.body != b'{"before": "start"}' for r in requests)
-    assert bridge.stats.delivered == 2  # stop() joined the thread after both answers
+    assert first.method == "POST"
+    assert first.body == plain_value
+    assert first.header("ce-specversion") == "1.0"
+    assert first.header("ce-id") == f"partition:{p}/offset:{plain.offset}"
+    assert first.header("ce-source") == f"/apis/v1/namespaces/psi/kafkasources/stock-in#{topic}"
+    assert first.header("ce-type") == "dev.knative.kafka.event"
+    assert first.header("ce-subject") == f"partition:{p}#{plain.offset}"
+    assert first.header("ce-key") == "sku-1"
+    assert first.header("ce-partitionkey") == "sku-1"
+    assert first.header("ce-knativekafkapartition") == str(p)
+    assert first.header("ce-knativekafkaoffset") == str(plain.offset)
+    sent_at = datetime.fromisoformat(str(first.header("ce-time")).replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - sent_at).total_seconds()) < 60
+    assert first.header("x-topic") is None
+
+    assert forwarded.header("ce-id") == "evt-42"
+    assert forwarded.header("ce-source") == "/psi/stock"
+    assert forwarded.header("ce-type") == "psi.stock.changed"
+    assert forwarded.header("content-type") == "application/json"
+    assert json.loads(forwarded.body) == {"sku": "sku-1", "qty": 2}
+    assert forwarded.header("ce-knativekafkaoffset") == str(plain.offset + 1)
+
+    assert wrapped_req.header("ce-type") == "dev.knative.kafka.event"
+    assert wrapped_req.header("ce-id") == f"partition:{p}/offset:{wrapped.offset + 1}"
+    assert wrapped_req.body == event_value
 
 
 def test_bridge_starts_after_a_batched_log_end(
@@ -206,104 +339,143 @@ def test_bridge_starts_after_a_batched_log_end(
         batcher.flush(10)
     finally:
         batcher.close(5)
-    with HttpSink() as sink, _bridge(broker, topic, sink.url):
+    with HttpSink() as sink, _knative(broker, topic, sink.url):
         publisher.publish(topic, "same", b'{"new": true}')
         requests = sink.wait_for(lambda rs: len(rs) >= 1, timeout=10)
     assert [r.body for r in requests] == [b'{"new": true}']
     assert str(requests[0].header("ce-subject")).endswith("#20")
+    assert str(requests[0].header("ce-id")).endswith("/offset:20")
 
 
-def test_bridge_dead_letters_4xx_and_moves_on(
+def test_knative_bridge_retries_409_then_dead_letters_and_422_at_once(
     broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
 ) -> None:
     def rule(req: CapturedRequest) -> tuple[int, str]:
+        if b"busy" in req.body:
+            return 409, "order is busy"
         return (422, "unknown sku: nope") if b"nope" in req.body else (200, "ok")
 
-    sink = _answer(rule)
-    try:
-        with _bridge(broker, topic, sink.url, from_beginning=True) as bridge:
-            publisher.publish(topic, "same-key", b'{"sku": "nope"}')
-            publisher.publish(topic, "same-key", b'{"sku": "fine"}')
-            requests = sink.wait_for(lambda rs: any(b"fine" in r.body for r in rs), timeout=10)
-            assert [json.loads(r.body)["sku"] for r in requests] == ["nope", "fine"]
-            # the sink records a request before the bridge has read the answer
-            wait_until(lambda: bridge.stats.delivered == 1, timeout=5)
-            assert bridge.stats.dead_lettered == 1
-    finally:
-        sink.stop()
+    with (
+        _answer(rule) as sink,
+        _knative(broker, topic, sink.url, retry=2, from_beginning=True) as bridge,
+    ):
+        for sku in ("busy", "nope", "fine"):
+            publisher.publish(topic, "same-key", json.dumps({"sku": sku}).encode())
+        requests = sink.wait_for(lambda rs: any(b"fine" in r.body for r in rs), timeout=10)
+        # the sink records a request before the bridge has read the answer
+        wait_until(lambda: bridge.stats.delivered == 1, timeout=5)
+        stats, url = bridge.stats, sink.url
 
-    (doc,) = _dead_letters_for(broker, topic, 1)
-    assert doc["reason"] == "unknown sku: nope"
-    assert doc["status"] == 422
-    assert doc["payload"] == '{"sku": "nope"}'
-    assert doc["key"] == "same-key"
-    assert isinstance(doc["partition"], int) and doc["offset"] == 0
-    assert str(doc["failed_at"]).endswith("Z")
-    assert "payload_base64" not in doc
+    assert [json.loads(r.body)["sku"] for r in requests] == ["busy"] * 3 + ["nope", "fine"]
+    assert len({r.header("ce-id") for r in requests[:3]}) == 1  # the same event each time
+    assert (stats.delivered, stats.retries, stats.dead_lettered) == (1, 2, 2)
 
-
-def test_bridge_dead_letters_invalid_utf8_as_base64(
-    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
-) -> None:
-    def rule(req: CapturedRequest) -> tuple[int, str]:
-        try:
-            json.loads(req.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return 400, ""
-        return 200, "ok"
-
-    raw = b"\xff\xfe not utf-8 \x80"
-    with _answer(rule) as sink, _bridge(broker, topic, sink.url, from_beginning=True):
-        publisher.publish(topic, "bin", raw)
-        sink.wait_for(lambda rs: len(rs) >= 1, timeout=10)
-        (doc,) = _dead_letters_for(broker, topic, 1)
-
-    assert doc["status"] == 400
-    assert doc["reason"] == "HTTP 400"  # empty body: the status is the reason
-    assert "payload" not in doc
-    assert base64.b64decode(str(doc["payload_base64"])) == raw
+    busy, nope = _letters(broker, topic, 2, settle=True)  # once each
+    for letter, sku, offset in ((busy, "busy", 0), (nope, "nope", 1)):
+        headers = _headers(letter)
+        assert letter.value == json.dumps({"sku": sku}).encode()
+        assert letter.key == b"same-key"
+        partition = headers["ce_knativekafkapartition"]
+        assert headers["ce_id"] == f"partition:{partition}/offset:{offset}"
+        assert headers["ce_type"] == "dev.knative.kafka.event"
+        assert headers["ce_partitionkey"] == "same-key"
+        assert headers["ce_knativeerrordest"] == url
+        assert "content-type" not in headers  # the record had none
+    assert _headers(busy)["ce_knativeerrorcode"] == "409"
+    assert base64.b64decode(_headers(busy)["ce_knativeerrordata"]) == b"order is busy"
+    assert _headers(nope)["ce_knativeerrorcode"] == "422"
+    assert base64.b64decode(_headers(nope)["ce_knativeerrordata"]) == b"unknown sku: nope"
 
 
-def test_bridge_retries_5xx_then_delivers_once(
+def test_knative_bridge_retries_503_then_delivers_once(
     broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
 ) -> None:
     answers = iter([(503, "warming up")])
 
     with _answer(lambda _req: next(answers, (200, "ok"))) as sink:
-        with _bridge(broker, topic, sink.url, from_beginning=True) as bridge:
+        with _knative(broker, topic, sink.url, from_beginning=True) as bridge:
             publisher.publish(topic, "k", b'{"n": 1}')
             requests = sink.wait_for(lambda rs: len(rs) >= 2, timeout=10)
             wait_until(lambda: bridge.stats.delivered == 1, timeout=5)
             stats = bridge.stats
         extra = len(sink.requests)
 
+    sent = _record(broker, topic, b'{"n": 1}')
     assert [r.body for r in requests] == [b'{"n": 1}', b'{"n": 1}']
-    assert requests[0].header("ce-id") == requests[1].header("ce-id")
+    ce_id = f"partition:{sent.partition}/offset:0"
+    assert [r.header("ce-id") for r in requests] == [ce_id, ce_id]
     assert extra == 2  # no redelivery after the 2xx
     assert (stats.delivered, stats.retries, stats.dead_lettered) == (1, 1, 0)
 
 
-def test_bridge_dead_letters_after_retries_run_out(
-    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
-) -> None:
-    with _answer(lambda _req: (503, "down for good")) as sink:
-        with _bridge(broker, topic, sink.url, from_beginning=True, max_attempts=3):
-            publisher.publish(topic, "k", b'{"n": 2}')
-            (doc,) = _dead_letters_for(broker, topic, 1)
-        assert len(sink.requests) == 3
-    assert (doc["status"], doc["reason"], doc["attempts"]) == (503, "down for good", 3)
-
-
-def test_bridge_dead_letters_connection_errors_with_status_0(
+def test_knative_bridge_dead_letters_connection_errors_without_a_code(
     broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
 ) -> None:
     with HttpSink() as closed:
         dead_url = closed.url  # port is free again once the sink stops
-    with _bridge(broker, topic, dead_url, from_beginning=True, max_attempts=2):
+    with _knative(broker, topic, dead_url, retry=2, from_beginning=True) as bridge:
         publisher.publish(topic, "k", b'{"n": 3}')
-        (doc,) = _dead_letters_for(broker, topic, 1)
-    assert doc["status"] is None
-    assert "refused" in str(doc["reason"]).lower()
+        (letter,) = _letters(broker, topic, 1)
+        stats = bridge.stats
+
+    headers = _headers(letter)
+    assert letter.value == b'{"n": 3}'
+    assert headers["ce_knativeerrordest"] == dead_url
+    assert "ce_knativeerrorcode" not in headers
+    assert "ce_knativeerrordata" not in headers
+    assert (stats.retries, stats.dead_lettered, stats.delivered) == (2, 1, 0)
+
+
+def test_knative_bridge_dead_letters_poison_whole_and_keeps_going(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    deep = b'{"a": ' * 5000 + b"1" + b"}" * 5000
+    big = (b"\xff\xfe\xc3\x28 not utf-8 \x80" * 60_000)[:800_000]
+    good = b'{"good": true}'
+
+    def rule(req: CapturedRequest) -> tuple[int, str]:
+        return (200, "ok") if req.body == good else (400, "bad input")
+
+    with (
+        _answer(rule) as sink,
+        _knative(broker, topic, sink.url, from_beginning=True) as bridge,
+    ):
+        publisher.publish(topic, "poison", deep, headers=STRUCTURED)
+        publisher.publish(topic, "poison", big)
+        publisher.publish(topic, "poison", good)
+        requests = sink.wait_for(lambda rs: any(r.body == good for r in rs), timeout=20)
+        wait_until(lambda: bridge.stats.delivered == 1, timeout=5)
+        stats, running = bridge.stats, bridge.running
+
+    assert running
+    assert [len(r.body) for r in requests] == [len(deep), 800_000, len(good)]  # 400: no retry
+    assert requests[0].header("ce-type") == "dev.knative.kafka.event"  # unreadable: wrapped
+    assert (stats.delivered, stats.dead_lettered, stats.retries) == (1, 2, 0)
+    deep_letter, big_letter = _letters(broker, topic, 2, settle=True)
+    assert len(deep_letter.value) == len(deep) and deep_letter.value == deep
+    assert len(big_letter.value) == 800_000 and big_letter.value == big
+    assert _headers(deep_letter)["content-type"] == "application/cloudevents+json"
+    for letter in (deep_letter, big_letter):
+        assert _headers(letter)["ce_knativeerrorcode"] == "400"
+        assert base64.b64decode(_headers(letter)["ce_knativeerrordata"]) == b"bad input"
+
+
+def test_knative_bridge_reports_a_stalled_partition(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    with (
+        _answer(lambda _req: (503, "down")) as sink,
+        _knative(broker, topic, sink.url, retry=1000, stall_after=0.2) as bridge,
+    ):
+        assert bridge.stalled() == []
+        publisher.publish(topic, "k", b'{"stuck": true}')
+        stuck = _record(broker, topic, b'{"stuck": true}')
+        stalled = wait_until(bridge.stalled, timeout=5, what="a stalled partition")
+        assert len(sink.requests) >= 1
+        stats = bridge.stats
+    assert stalled == [f"{topic}[{stuck.partition}]@{stuck.offset}"]
+    assert (stats.delivered, stats.dead_lettered) == (0, 0)
+    assert not bridge.running
 
 
 def test_bridge_reads_recreated_topic_from_start_after_broker_restart(tmp_path: Path) -> None:
@@ -313,7 +485,7 @@ def test_bridge_reads_recreated_topic_from_start_after_broker_restart(tmp_path: 
         with (
             HttpSink() as sink,
             KafkaEventPublisher(own.bootstrap) as pub,
-            _bridge(own, "psi.test.bounce", sink.url, refresh_interval=0.2),
+            _knative(own, "psi.test.bounce", sink.url, refresh_interval=0.2),
         ):
             for i in range(3):
                 pub.publish("psi.test.bounce", "k", f'{{"n": {i}}}'.encode())
@@ -323,33 +495,171 @@ def test_bridge_reads_recreated_topic_from_start_after_broker_restart(tmp_path: 
             pub.publish("psi.test.bounce", "k", b'{"n": "after"}')
 
             requests = sink.wait_for(lambda rs: len(rs) >= 4, timeout=15)
+        assert [r.header("ce-id") for r in requests[:3]] == [
+            f"partition:0/offset:{i}" for i in range(3)
+        ]
         assert requests[3].body == b'{"n": "after"}'
-        assert requests[3].header("ce-id") == "psi.test.bounce-0-0"
+        assert requests[3].header("ce-id") == "partition:0/offset:0"
     finally:
         own.stop(graceful=False)
 
 
-def test_kafka_binary_cloudevent_headers_are_forwarded() -> None:
-    record = Record(
-        topic="psi.stock.changed",
-        partition=1,
-        offset=7,
-        key=b"sku-1",
-        value=b'{"qty": 1}',
-        headers=[
-            ("ce_specversion", b"1.0"),
-            ("ce_id", b"evt-1"),
-            ("ce_type", b"psi.stock.changed"),
-            ("ce_source", b"/psi/stock"),
-            ("ce_subject", b"caf\xc3\xa9 1"),
-            ("content-type", b"application/json; charset=utf-8"),
-        ],
+# -- bridge: OpenFaaS kafka-connector ----------------------------------------------------
+
+
+def test_openfaas_bridge_invokes_with_connector_headers_and_4xx_ends_the_record(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    def rule(req: CapturedRequest) -> tuple[int, str]:
+        return (422, "unknown sku") if b"refused" in req.body else (200, "ok")
+
+    with (
+        _answer(rule) as sink,
+        _openfaas(broker, topic, sink.url, credential="s3cret-key", from_beginning=True) as bridge,
+    ):
+        publisher.publish(topic, "sku-1", b'{"n": 1}', headers=[("trace", b"t-1")])
+        publisher.publish(topic, "clé", b'{"n": 2}')
+        publisher.publish(topic, "clé", b'{"refused": true}')
+        requests = sink.wait_for(lambda rs: len(rs) >= 3, timeout=10)
+        wait_until(lambda: bridge.stats.delivered == 3, timeout=5)
+        stats = bridge.stats
+        settled = len(sink.requests)
+
+    first = _record(broker, topic, b'{"n": 1}')
+    by_body = {r.body: r for r in requests}
+    one, two = by_body[b'{"n": 1}'], by_body[b'{"n": 2}']
+    assert one.header("x-topic") == topic
+    assert one.header("x-connector") == "connector-sdk"
+    assert one.header("x-kafka-partition") == str(first.partition)
+    assert one.header("x-kafka-offset") == str(first.offset)
+    assert one.header("x-kafka-key") == "sku-1"
+    assert one.header("x-kafka-key-enc") is None
+    assert one.header("x-kafka-trace") == "t-1"
+    assert one.header("content-type") == "text/plain"
+    assert one.header("ce-id") is None
+    scheme, _, encoded = str(one.header("authorization")).partition(" ")
+    assert (scheme, base64.b64decode(encoded)) == ("Basic", b"kafka-connector:s3cret-key")
+    assert two.header("x-kafka-key") == base64.b64encode("clé".encode()).decode()
+    assert two.header("x-kafka-key-enc") == "b64"
+
+    assert settled == 3  # the 422 was sent once: the function parks what it refuses
+    assert (stats.delivered, stats.retries, stats.dead_lettered, stats.given_up) == (3, 0, 0, 0)
+    assert _letters(broker, topic, 0, settle=True) == []
+
+
+def test_openfaas_bridge_honours_retry_after(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    answers = iter([(503, "busy", {"Retry-After": "0"})])
+
+    with (
+        ScriptedSink(lambda _req: next(answers, (200, "ok", {}))) as sink,
+        # without Retry-After the next try would wait initial_wait = 5 s
+        _openfaas(broker, topic, sink.url, initial_wait=5.0, from_beginning=True) as bridge,
+    ):
+        publisher.publish(topic, "k", b'{"n": 1}')
+        wait_until(lambda: bridge.stats.delivered == 1, timeout=10)
+        stats = bridge.stats
+
+    assert [r.body for r in sink.requests] == [b'{"n": 1}', b'{"n": 1}']
+    assert sink.times[1] - sink.times[0] < 1.0
+    assert (stats.delivered, stats.retries, stats.given_up) == (1, 1, 0)
+
+
+def test_openfaas_bridge_gives_up_after_max_attempts_without_dead_letter(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    def rule(req: CapturedRequest) -> tuple[int, str]:
+        return (503, "down") if b"down" in req.body else (200, "ok")
+
+    with (
+        _answer(rule) as sink,
+        _openfaas(broker, topic, sink.url, max_attempts=3, from_beginning=True) as bridge,
+    ):
+        publisher.publish(topic, "k", b'{"down": true}')
+        publisher.publish(topic, "k", b'{"next": true}')
+        requests = sink.wait_for(lambda rs: any(b"next" in r.body for r in rs), timeout=10)
+        wait_until(lambda: bridge.stats.delivered == 1, timeout=5)
+        stats = bridge.stats
+
+    assert [r.body for r in requests] == [b'{"down": true}'] * 3 + [b'{"next": true}']
+    assert (stats.delivered, stats.retries, stats.given_up, stats.dead_lettered) == (1, 2, 1, 0)
+    assert _letters(broker, topic, 0, settle=True) == []
+
+
+# -- bridge: no record may stop it -------------------------------------------------------
+
+
+def test_knative_bridge_wraps_an_event_it_cannot_encode(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    # a lone surrogate is valid JSON text but no UTF-8: like a record the dispatcher cannot
+    # deserialize as a CloudEvent, it is delivered wrapped, as any other record
+    unencodable = (
+        b'{"specversion": "1.0", "id": "e", "source": "/s", "type": "t", "data": "\\ud800"}'
     )
-    body, headers = cloudevent_request(record)
-    assert body == b'{"qty": 1}'
-    assert headers["ce-id"] == "evt-1"
-    assert headers["ce-type"] == "psi.stock.changed"
-    assert headers["ce-source"] == "/psi/stock"
-    assert headers["ce-subject"] == "caf%C3%A9%201"
-    assert headers["Content-Type"] == "application/json; charset=utf-8"
-    assert headers["X-Topic"] == "psi.stock.changed"
+    with (
+        HttpSink() as sink,
+        _knative(broker, topic, sink.url, from_beginning=True) as bridge,
+    ):
+        publisher.publish(topic, "k", unencodable, headers=STRUCTURED)
+        publisher.publish(topic, "k", b'{"next": true}')
+        wait_until(lambda: bridge.stats.delivered == 2 or not bridge.running, timeout=10)
+        assert bridge.running, "a record stopped the bridge"
+        first, second = sink.requests[-2:]
+    assert first.body == unencodable
+    assert first.header("ce-type") == "dev.knative.kafka.event"
+    assert second.body == b'{"next": true}'
+    assert bridge.stats.dead_lettered == 0
+
+
+def test_knative_bridge_survives_a_content_type_http_cannot_carry(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    with (
+        HttpSink() as sink,
+        _knative(broker, topic, sink.url, from_beginning=True) as bridge,
+    ):
+        publisher.publish(topic, "k", b"{}", headers=[("content-type", b"\xff")])
+        publisher.publish(topic, "k", b'{"next": true}')
+        wait_until(lambda: bridge.stats.delivered == 1 or not bridge.running, timeout=10)
+        assert bridge.running, "a record stopped the bridge"
+        assert [r.body for r in sink.requests][-1:] == [b'{"next": true}']
+        stats = bridge.stats
+
+    (letter,) = _letters(broker, topic, 1)
+    assert letter.value == b"{}"
+    assert (stats.delivered, stats.dead_lettered) == (1, 1)
+
+
+def test_openfaas_bridge_survives_a_record_header_http_cannot_carry(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    with (
+        HttpSink() as sink,
+        _openfaas(broker, topic, sink.url, from_beginning=True) as bridge,
+    ):
+        publisher.publish(topic, "k", b"{}", headers=[("trace", b"line\r\nbreak")])
+        publisher.publish(topic, "k", b'{"next": true}')
+        wait_until(lambda: bridge.stats.delivered == 1 or not bridge.running, timeout=10)
+        assert bridge.running, "a record stopped the bridge"
+        assert [r.body for r in sink.requests][-1:] == [b'{"next": true}']
+        assert bridge.stats.delivered == 1
+
+
+def test_bridge_survives_a_retry_after_it_cannot_read(
+    broker: EmbeddedBroker, publisher: KafkaEventPublisher, topic: str
+) -> None:
+    answers = iter([(503, "busy", {"Retry-After": "\u00b2"})])  # str.isdigit() says yes
+
+    with (
+        ScriptedSink(lambda _req: next(answers, (200, "ok", {}))) as sink,
+        _openfaas(broker, topic, sink.url, from_beginning=True) as bridge,
+    ):
+        publisher.publish(topic, "k", b'{"n": 1}')
+        wait_until(lambda: bridge.stats.delivered == 1 or not bridge.running, timeout=10)
+        assert bridge.running, "a Retry-After header stopped the bridge"
+        stats = bridge.stats
+
+    assert len(sink.requests) == 2
+    assert (stats.delivered, stats.retries) == (1, 1)
