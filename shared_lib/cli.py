@@ -32,7 +32,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
@@ -663,6 +663,9 @@ class Letter:
     payload: bytes
     reason: str
     headers: tuple[tuple[str, bytes], ...] = ()
+    # a letter cut to an excerpt: where the whole payload is kept, and its digest
+    payload_ref: str | None = None
+    payload_sha256: str | None = None
 
     @property
     def event_id(self) -> str | None:
@@ -677,16 +680,33 @@ class Letter:
 
 
 def knative_letter(record: Any) -> Letter | str:
-    """A letter of a KafkaSource's deadLetterSink (binary mode): the original value, its
-    CloudEvent attributes in ce_ headers, the source naming the topic after '#'."""
+    """A letter of a KafkaSource's deadLetterSink (binary mode): the event's data, its
+    CloudEvent attributes in ce_ headers. The original topic is the fragment of a wrapped
+    record's source, or else the topic of the function it was sent to (knativeerrordest)."""
+    from urllib.parse import urlsplit
+
+    from shared_lib.topics import CONSUMED_BY
+
     headers = {name: raw.decode("utf-8", "replace") for name, raw in record.headers}
     source = headers.get("ce_source", "")
-    if "#" not in source:
+    topic = source.rsplit("#", 1)[1] if "#" in source else None
+    if topic is None:
+        host = urlsplit(headers.get("ce_knativeerrordest", "")).hostname or ""
+        by_function = {name.replace("_", "-"): t for name, t in CONSUMED_BY.items()}
+        topic = by_function.get(host.split(".", 1)[0])
+    if not topic:
         return f"CloudEvent from {source or 'an unknown source'}: original topic unknown"
+    # replayed as the same event (same source and id: one effect); the dispatcher sets
+    # partition and offset anew
     kept = tuple(
         (name, raw)
         for name, raw in record.headers
-        if name == "content-type" or (name.startswith("ce_") and "knativeerror" not in name)
+        if name == "content-type"
+        or (
+            name.startswith("ce_")
+            and "knativeerror" not in name
+            and not name.startswith("ce_knativekafka")
+        )
     )
     reason = " ".join(
         headers[name] for name in ("ce_knativeerrorcode", "ce_knativeerrordest") if name in headers
@@ -694,8 +714,9 @@ def knative_letter(record: Any) -> Letter | str:
     return Letter(
         record.partition,
         record.offset,
-        source.rsplit("#", 1)[1],
-        record.key.decode("utf-8", "replace") if record.key is not None else None,
+        topic,
+        headers.get("ce_partitionkey")
+        or (record.key.decode("utf-8", "replace") if record.key is not None else None),
         record.value,
         reason[:120],
         kept,
@@ -706,7 +727,7 @@ def parse_letter(record: Any) -> Letter | str:
     """The letter of a ``psi.dead-letter`` record, or why it cannot be replayed."""
     from shared_lib.topics import DEAD_LETTER
 
-    if any(name in ("ce_id", "ce_specversion") for name, _ in record.headers):
+    if any(name == "ce_specversion" for name, _ in record.headers):
         letter = knative_letter(record)
         if isinstance(letter, Letter) and letter.topic == DEAD_LETTER:
             return f"original topic {DEAD_LETTER!r} cannot be replayed"
@@ -729,6 +750,14 @@ def parse_letter(record: Any) -> Letter | str:
     else:
         return "no payload"
     key = document.get("key")
+    original = document.get("headers")
+    headers = tuple(
+        (str(name), str(value).encode("latin-1", "replace"))
+        for name, value in (original.items() if isinstance(original, dict) else ())
+    )
+    ref = document.get("payload_ref") if document.get("truncated") else None
+    if document.get("truncated") and not isinstance(ref, str):
+        return "payload cut to an excerpt and kept nowhere"
     return Letter(
         record.partition,
         record.offset,
@@ -736,7 +765,27 @@ def parse_letter(record: Any) -> Letter | str:
         key if isinstance(key, str) else None,
         payload,
         str(document.get("reason", ""))[:120],
+        headers,
+        ref,
+        document.get("payload_sha256"),
     )
+
+
+def whole_payload(letter: Letter) -> Letter | str:
+    """The letter with its whole payload: fetched from the report store when it was cut."""
+    import hashlib
+
+    from shared_lib.adapters.reports import reports_from_settings
+
+    if letter.payload_ref is None:
+        return letter
+    try:
+        payload = reports_from_settings(settings()).fetch(letter.payload_ref)
+    except Exception as exc:
+        return f"payload at {letter.payload_ref} cannot be read: {exc}"
+    if hashlib.sha256(payload).hexdigest() != letter.payload_sha256:
+        return f"payload at {letter.payload_ref} does not match the letter's digest"
+    return replace(letter, payload=payload)
 
 
 def topic_end_offsets(bootstrap: str, topic: str, timeout: float) -> dict[int, int]:
@@ -805,7 +854,12 @@ def run_dlq_replay(args: argparse.Namespace) -> int:
             skipped += 1
             print(f"skipped  {record.partition}:{record.offset}  {letter}", file=sys.stderr)
         elif matches(letter) and (args.limit is None or len(letters) < args.limit):
-            letters.append(letter)
+            whole = whole_payload(letter)
+            if isinstance(whole, str):
+                skipped += 1
+                print(f"skipped  {record.partition}:{record.offset}  {whole}", file=sys.stderr)
+            else:
+                letters.append(whole)
     if not complete() and (args.limit is None or len(letters) < args.limit):
         print(
             f"psi: read {len(records)} dead letters before the {args.timeout:g}s timeout; "

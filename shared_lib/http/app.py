@@ -60,6 +60,16 @@ ROUTE = "psi.route"
 SENDER = "psi.sender"
 
 
+def _record_headers(request: flask.Request) -> dict[str, str]:
+    """The record's own headers, as kafka-connector passes them (``X-Kafka-<name>``)."""
+    envelope = ("partition", "offset", "key", "key-enc")
+    return {
+        name[len("X-Kafka-") :].lower(): value
+        for name, value in request.headers.items()
+        if name.lower().startswith("x-kafka-") and name[len("X-Kafka-") :].lower() not in envelope
+    }
+
+
 @dataclass(frozen=True)
 class Sender:
     """An authenticated platform delivery: what its final answer and dead letter need."""
@@ -433,6 +443,7 @@ class FunctionApp:
             payload_ref=ref,
             function=self.name,
             id=letter_id,
+            headers=_record_headers(request),
         )
         answer = {"status": reply.status, "body": reply.body}
 

@@ -189,47 +189,31 @@ def _openfaas(headers: Mapping[str, str], raw: bytes) -> Delivery:
     topic = headers["X-Topic"]
     partition, offset = _int(headers, "X-Kafka-Partition"), _int(headers, "X-Kafka-Offset")
     record_type = headers.get("X-Kafka-Content-Type", "").split(";")[0].strip().lower()
-    common = {"partition": partition, "offset": offset, "key": _record_key(headers)}
-    if record_type == CLOUDEVENTS_JSON:
+    event_type = None
+    if record_type == CLOUDEVENTS_JSON:  # the record is a structured CloudEvent
         source, event_id, data, event_type = _structured(raw)
-        return Delivery(
-            OPENFAAS,
-            topic,
-            source,
-            event_id,
-            data,
-            legacy_key=event_id,
-            event_type=event_type,
-            **common,
-        )
-    if headers.get("X-Kafka-Ce_specversion") and headers.get("X-Kafka-Ce_id"):
+    elif headers.get("X-Kafka-Ce_specversion") and headers.get("X-Kafka-Ce_id"):
         source, event_id = headers.get("X-Kafka-Ce_source", ""), headers["X-Kafka-Ce_id"]
         if not source:
             raise DeliveryError("X-Kafka-Ce_source", "a CloudEvent record needs ce_source")
+        data, event_type = decode_json(raw, "body"), headers.get("X-Kafka-Ce_type")
+    elif partition is not None and offset is not None:  # a plain record
+        source, event_id = f"kafka:{topic}", f"{partition}/{offset}"
         data = decode_json(raw, "body")
-        event_type = headers.get("X-Kafka-Ce_type")
-        return Delivery(
-            OPENFAAS,
-            topic,
-            source,
-            event_id,
-            data,
-            legacy_key=event_id,
-            event_type=event_type,
-            **common,
-        )
-    data = decode_json(raw, "body")
-    if partition is None or offset is None:  # cron-connector: no record behind the call
-        return Delivery(OPENFAAS, topic, None, None, data, **common)
-    legacy = f"{topic}:{partition}:{offset}"
+    else:  # cron-connector: no record behind the call
+        return Delivery(OPENFAAS, topic, None, None, decode_json(raw, "body"))
+    legacy = f"{topic}:{partition}:{offset}" if source == f"kafka:{topic}" else event_id
     return Delivery(
         OPENFAAS,
         topic,
-        f"kafka:{topic}",
-        f"{partition}/{offset}",
+        source,
+        event_id,
         data,
+        partition=partition,
+        offset=offset,
+        key=_record_key(headers),
         legacy_key=legacy,
-        **common,
+        event_type=event_type,
     )
 
 

@@ -1,7 +1,8 @@
-"""Poison messages on ``psi.stock-in.requested`` through the running bridge: each ends in
-``psi.dead-letter`` with its reason and its original bytes, is tried once (a 4xx is not
-retried), changes nothing, and a good message after them on the same partition is still
-processed.
+"""Poison messages on ``psi.stock-in.requested`` through the running bridge (as a Knative
+KafkaSource): each ends in ``psi.dead-letter`` as the dead-letter sink writes it - the
+event's data, its attributes, the function's status and answer - is tried once (the
+function answers with a status Knative does not retry), changes nothing, and a good message
+after them on the same partition is still processed.
 
 tests/e2e covers ``{not json``, an unknown SKU and bytes that start invalid (``\\xff\\xfe{}``);
 these are other shapes of bad input: JSON cut short, a body over PSI_MAX_BODY_BYTES, invalid
@@ -21,9 +22,8 @@ import sqlalchemy as sa
 
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
-from shared_lib.adapters.kafka import KafkaEventPublisher, read_topic
+from shared_lib.adapters.kafka import KafkaEventPublisher, Record, read_topic
 from shared_lib.domain.model import utcnow
-from shared_lib.events_schema import validate_event
 from tests.badinput.conftest import KafkaStack
 from tests.support import wait_until
 
@@ -88,13 +88,16 @@ def test_poison_messages_are_dead_lettered_and_a_good_one_still_goes_through(
         ("array", json.dumps([receipt(1)]).encode(), 422, "invalid_request"),
         ("bad cloudevent data", json.dumps(bad_event).encode(), 422, "invalid_request"),
     ]
+    structured = [("content-type", b"application/cloudevents+json")]
     key = f"poison-{uuid.uuid4().hex[:8]}"  # one key: one partition, delivered in order
     bridge = env.stack.bridge
     assert bridge is not None
     dead_before = bridge.stats.dead_lettered
+    retries_before = bridge.stats.retries
     with KafkaEventPublisher(env.stack.kafka_bootstrap) as publisher:
-        for _, value, _, _ in poison:
-            publisher.publish(topics.STOCK_IN_REQUESTED, key, value)
+        for name, value, _, _ in poison:
+            headers = structured if name == "bad cloudevent data" else None
+            publisher.publish(topics.STOCK_IN_REQUESTED, key, value, headers=headers)
         publisher.publish(topics.STOCK_IN_REQUESTED, key, json.dumps(receipt(3)).encode())
 
     wait_until(
@@ -102,31 +105,40 @@ def test_poison_messages_are_dead_lettered_and_a_good_one_still_goes_through(
         timeout=60,
         what="the good message after the poison ones",
     )
+
+    def attributes(record: Record) -> dict[str, str]:
+        return {name: raw.decode() for name, raw in record.headers}
+
+    def ours(records: list[Record]) -> list[Record]:
+        return [r for r in records if attributes(r).get("ce_partitionkey") == key]
+
     records = read_topic(
         env.stack.kafka_bootstrap,
         topics.DEAD_LETTER,
-        until=lambda recs: (
-            sum(1 for r in recs if json.loads(r.value).get("key") == key) >= len(poison)
-        ),
+        until=lambda recs: len(ours(recs)) >= len(poison) - 1,
         timeout=30,
     )
-    docs = [json.loads(r.value) for r in records]
-    mine = sorted((d for d in docs if d.get("key") == key), key=lambda d: d["offset"])
+    # the structured event carries its own attributes: found by its id
+    event = [r for r in records if attributes(r).get("ce_id") == bad_event["id"]]
+    mine = sorted(ours(records), key=lambda r: int(attributes(r)["ce_knativekafkaoffset"]))
+    mine += event
     assert len(mine) == len(poison), mine
-    for (name, value, status, code), doc in zip(poison, mine, strict=True):
-        validate_event(topics.DEAD_LETTER, doc)
-        assert doc["topic"] == topics.STOCK_IN_REQUESTED, name
-        assert doc["status"] == status, (name, doc)
-        assert code in doc["reason"], (name, doc["reason"])
-        assert doc["attempts"] == 1, (name, doc)  # a 4xx is not retried
-        if "payload_base64" in doc:
-            assert base64.b64decode(doc["payload_base64"]) == value, name
+    for (name, value, status, code), letter in zip(poison, mine, strict=True):
+        found = attributes(letter)
+        answer = base64.b64decode(found["ce_knativeerrordata"]).decode()
+        assert found["ce_knativeerrorcode"] == str(status), (name, found)
+        assert code in answer, (name, answer)
+        assert found["ce_knativeerrordest"].startswith("http://127.0.0.1:"), name
+        if name == "bad cloudevent data":
+            assert json.loads(letter.value) == bad_event["data"]
         else:
-            assert doc["payload"].encode() == value, name
-    assert "not valid UTF-8" in mine[2]["reason"]
-    assert "payload_base64" in mine[2]
-    assert str(env.max_body_bytes) in mine[1]["reason"]
+            assert letter.value == value, name
+            assert found["ce_type"] == "dev.knative.kafka.event", name
+    assert (
+        "not valid UTF-8" in base64.b64decode(attributes(mine[2])["ce_knativeerrordata"]).decode()
+    )
     assert bridge.stats.dead_lettered - dead_before == len(poison)
+    assert bridge.stats.retries == retries_before  # nothing was retried
 
     after = counts(env)
     # only the good message left a trace: one ledger row, its balance, its record, its event

@@ -308,3 +308,50 @@ def test_dlq_replay_needs_kafka(
         "psi: configuration error: PSI_KAFKA_BOOTSTRAP is not set: "
         "psi dlq replay needs the Kafka bootstrap servers\n"
     )
+
+
+def test_dlq_replay_fetches_a_cut_payload_and_finds_the_topic_of_a_forwarded_event(
+    dlq_env: str,
+    broker: EmbeddedBroker,
+    dead_letter_publisher: KafkaEventPublisher,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from shared_lib.adapters.reports import reports_from_settings
+    from shared_lib.config import load_settings
+
+    broker.create_topics([topics.DEAD_LETTER, topics.STOCK_OUT_REQUESTED], partitions=1)
+    big = b'{"pad": "' + b"x" * (events.MAX_EXCERPT_BYTES * 3) + b'"}'
+    ref = reports_from_settings(load_settings()).keep(f"dead-letters/t/{uuid.uuid4()}", big)
+    marker = uuid.uuid4().hex
+    common = {"partition": 0, "offset": 3, "status": 422, "reason": "r", "function": "stock-out"}
+    cut = events.dead_letter(
+        topic=topics.STOCK_OUT_REQUESTED, key=marker, payload=big, payload_ref=ref, **common
+    )
+    assert cut["truncated"] and len(cut["payload"]) == events.MAX_EXCERPT_BYTES
+    lost = events.dead_letter(topic=topics.STOCK_OUT_REQUESTED, key=marker, payload=big, **common)
+    for letter in (cut, lost):
+        dead_letter_publisher.publish(topics.DEAD_LETTER, marker, json.dumps(letter).encode())
+    # a forwarded CloudEvent's letter names no topic: the function it was sent to does
+    forwarded = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", marker.encode()),
+        ("ce_source", b"/erp"),
+        ("ce_type", b"psi.stock-out.requested"),
+        ("ce_knativeerrordest", b"http://stock-out.psi.svc.cluster.local"),
+        ("ce_knativeerrorcode", b"422"),
+    ]
+    dead_letter_publisher.publish(topics.DEAD_LETTER, marker, b'{"n": 1}', forwarded)
+
+    code, out, err = psi(capsys, "dlq", "replay", "--topic-filter", topics.STOCK_OUT_REQUESTED)
+    assert code == 0, err
+    assert out.count(f"-> {topics.STOCK_OUT_REQUESTED}  key={marker}") == 2
+    assert "payload cut to an excerpt and kept nowhere" in err
+    records = read_topic(
+        broker.bootstrap,
+        topics.STOCK_OUT_REQUESTED,
+        until=lambda rs: sum(r.key == marker.encode() for r in rs) >= 2,
+        timeout=15,
+    )
+    mine = [r for r in records if r.key == marker.encode()]
+    assert [r.value for r in mine] == [big, b'{"n": 1}']
+    assert header(mine[1], "ce_id") == marker.encode()

@@ -16,8 +16,9 @@ import structlog
 
 from shared_lib import topics
 from shared_lib.devstack.broker import free_port
+from shared_lib.http.delivery import identity_key
 from tests.integration import test_functions_http as http
-from tests.integration.test_functions_http import KAFKA_SOURCE, Api, ok, refused
+from tests.integration.test_functions_http import Api, ok, refused
 
 pytestmark = pytest.mark.integration
 
@@ -85,12 +86,11 @@ def test_request_logs_are_json_with_ids_and_without_secrets(
         receive = {"warehouse": "MAIN", "lines": [{"sku": "A", "qty": 3}]}
         traced = {**admin, "X-Request-Id": "trace-0001"}
         ok(api.post("stock_in", "/", receive, key="log-receive-1", headers=traced), 201)
-        delivery = {
+        delivery = {  # a kafka-connector record (an admin key may deliver)
             **admin,
-            "ce-id": "evt-log-0001",
-            "ce-source": KAFKA_SOURCE + topics.STOCK_IN_REQUESTED,
-            "ce-type": topics.STOCK_IN_REQUESTED,
-            "ce-specversion": "1.0",
+            "X-Topic": topics.STOCK_IN_REQUESTED,
+            "X-Kafka-Partition": "0",
+            "X-Kafka-Offset": "41",
         }
         ok(api.post("stock_in", "/", receive, key=None, headers=delivery), 201)
         wrong = {"Authorization": f"Bearer {WRONG_TOKEN}"}
@@ -110,10 +110,11 @@ def test_request_logs_are_json_with_ids_and_without_secrets(
         "log-p-1",
         "log-w-1",
         "log-receive-1",
-        "evt-log-0001",
+        identity_key(f"kafka:{topics.STOCK_IN_REQUESTED}", "0/41"),
     }
     (by_event,) = [d for d in requests if d.get("event_id")]
-    assert by_event["event_id"] == "evt-log-0001" and by_event["function"] == "stock-in"
+    assert by_event["event_id"] == "0/41" and by_event["function"] == "stock-in"
+    assert by_event["event_source"] == f"kafka:{topics.STOCK_IN_REQUESTED}"
     assert any(d["request_id"] == "trace-0001" for d in requests)
     assert {(d["status"], d["error"]) for d in requests} >= {
         (401, "unauthorized"),
@@ -148,7 +149,8 @@ def test_secrets_inside_a_logged_dead_letter_are_masked(
 ) -> None:
     api = keyed(boot)
     admin = {"Authorization": f"Bearer {API_KEY}"}
-    # a producer that put credentials into a message: refused, and logged (no Kafka here)
+    # a producer that put credentials into a message: refused and parked; the log names the
+    # letter, never its content
     poison = {"lines": f"mysql+pymysql://psi:{PASSWORD}@db/psi", "note": f"Bearer {WRONG_TOKEN}"}
     connector = {**admin, "X-Topic": topics.STOCK_IN_REQUESTED, "X-Kafka-Partition": "0"}
     with json_logs(caplog) as buffer:
@@ -160,4 +162,9 @@ def test_secrets_inside_a_logged_dead_letter_are_masked(
             "invalid_request",
         )
     documents = lines_of(buffer)
-    assert any(d.get("event") == "dead letter (no Kafka configured)" for d in documents)
+    (parked,) = [d for d in documents if d.get("event") == "dead-lettered"]
+    assert (parked["topic"], parked["offset"], parked["status"]) == (
+        topics.STOCK_IN_REQUESTED,
+        9,
+        422,
+    )
