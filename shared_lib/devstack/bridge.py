@@ -225,6 +225,13 @@ class Dispatcher(Protocol):
 
     def delay(self, attempt: int, retry_after: float | None) -> float: ...
 
+    def letter(
+        self, record: Record, url: str, status: int, answer: str
+    ) -> tuple[bytes, Headers, str | None] | None:
+        """What its dead-letter sink writes for a record that failed for good (value,
+        headers, key); None when the platform has none."""
+        ...
+
 
 @dataclass
 class KnativeDispatcher:
@@ -265,6 +272,16 @@ class KnativeDispatcher:
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         return self.backoff_delay * 2**attempt  # EKB ignores Retry-After
+
+    def letter(
+        self, record: Record, url: str, status: int, answer: str
+    ) -> tuple[bytes, Headers, str | None]:
+        try:
+            return dead_letter_record(self.event(record), url=url, status=status, answer=answer)
+        except Exception:  # its headers cannot be written: park it as a plain record
+            log.exception("dead letter of %s-%s-%s written without its headers", *_where(record))
+            bare = self.event(replace(record, headers=[]))
+            return dead_letter_record(bare, url=url, status=status, answer="")
 
 
 @dataclass
@@ -307,6 +324,9 @@ class OpenFaasConnector:
         if retry_after is not None:
             return min(self.max_wait, retry_after)
         return min(self.max_wait, self.initial_wait * 2 ** (attempt - 1))
+
+    def letter(self, record: Record, url: str, status: int, answer: str) -> None:
+        return None  # OpenFaaS has no dead-letter sink: the function parks what it refuses
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -656,7 +676,10 @@ class KafkaBridge:
         )
 
     def _give_up(self, record: Record, status: int, answer: str, url: str) -> bool:
-        if not isinstance(self.dispatcher, KnativeDispatcher):
+        letter = None
+        if record.topic != self.dead_letter_topic:  # a dead letter's letter would loop forever
+            letter = self.dispatcher.letter(record, url, status, answer)
+        if letter is None:
             if 400 <= status < 500 and status not in (408, 429):
                 self._count(delivered=1)  # refused: the function parked it
                 return True
@@ -670,16 +693,7 @@ class KafkaBridge:
             )
             self._count(given_up=1)
             return True
-        if record.topic == self.dead_letter_topic:
-            log.error("dropping undeliverable dead letter at offset %s", record.offset)
-            return True  # dead-lettering a dead letter would loop forever
-        try:
-            event = self.dispatcher.event(record)
-            value, headers, key = dead_letter_record(event, url=url, status=status, answer=answer)
-        except Exception:  # its headers cannot be written: park it as a plain record
-            log.exception("dead letter of %s-%s-%s written without its headers", *_where(record))
-            event = self.dispatcher.event(replace(record, headers=[]))
-            value, headers, key = dead_letter_record(event, url=url, status=status, answer="")
+        value, headers, key = letter
         try:
             self._publisher.publish(
                 self.dead_letter_topic,

@@ -40,6 +40,7 @@ from shared_lib.http.delivery import (
     final_status,
     identity_key,
     legacy_key,
+    record_key,
     shape_of,
     topic_of_source,
 )
@@ -436,7 +437,7 @@ class FunctionApp:
             topic=sender.topic,
             partition=partition,
             offset=offset,
-            key=request.headers.get("X-Kafka-Key"),
+            key=record_key(request.headers),
             payload=payload,
             status=reply.status,
             reason=json.dumps(reply.body) if isinstance(reply.body, dict) else str(reply.body),

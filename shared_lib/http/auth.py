@@ -143,8 +143,10 @@ class Authenticator:
                 "CloudEvent deliveries need a Knative OIDC sender token, and this function"
                 " has no issuer configured (PSI_OIDC_DISCOVERY_URL)",
             )
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError(401, "unauthorized", "send the Knative OIDC sender token")
+        if scheme.lower() != "bearer" or token.strip().count(".") != 2:
+            raise AuthError(
+                401, "unauthorized", "a CloudEvent delivery needs a Knative OIDC sender token"
+            )
         return self.oidc.verify(token.strip())
 
 

@@ -175,7 +175,8 @@ def _knative(headers: Mapping[str, str], raw: bytes) -> Delivery:
     )
 
 
-def _record_key(headers: Mapping[str, str]) -> str | None:
+def record_key(headers: Mapping[str, str]) -> str | None:
+    """The Kafka record key kafka-connector passed (``X-Kafka-Key-Enc: b64`` for bytes)."""
     key = headers.get("X-Kafka-Key")
     if key is None or headers.get("X-Kafka-Key-Enc", "").lower() != "b64":
         return key
@@ -211,7 +212,7 @@ def _openfaas(headers: Mapping[str, str], raw: bytes) -> Delivery:
         data,
         partition=partition,
         offset=offset,
-        key=_record_key(headers),
+        key=record_key(headers),
         legacy_key=legacy,
         event_type=event_type,
     )

@@ -294,7 +294,7 @@ SPECIFIC: dict[str, list[tuple[str, Mutation]]] = {
         ("negative offset", setting("offset", -1)),
         ("negative partition", setting("partition", -1)),
         ("string status", setting("status", "500")),
-        ("extra property", setting("headers", {})),
+        ("extra property", setting("attempt", 2)),
         ("bad base64", combined(deleting("payload"), setting("payload_base64", "not base64!"))),
         ("bad failed_at", setting("failed_at", "2025-03-14 09:44:18")),
         ("empty topic", setting("topic", "")),
