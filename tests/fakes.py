@@ -18,6 +18,7 @@ from shared_lib.domain.model import (
     OrderStatus,
     Product,
     Warehouse,
+    utcnow,
 )
 from shared_lib.services.ports import (
     AlreadyRecorded,
@@ -40,6 +41,7 @@ class State:
     orders: dict[str, Order] = field(default_factory=dict)
     outbox: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     records: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    recorded_at: dict[str, datetime] = field(default_factory=dict)
 
 
 class FakeStore:
@@ -53,6 +55,7 @@ class FakeStore:
         if key in self.s.records:
             raise AlreadyRecorded(key)
         self.s.records[key] = (fingerprint, copy.deepcopy(response))
+        self.s.recorded_at[key] = utcnow()
 
     def recall_many(self, keys: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         return {k: self.s.records[k] for k in keys if k in self.s.records}
@@ -83,6 +86,17 @@ class FakeStore:
 
     def create_level(self, warehouse: str, sku: str) -> None:
         self.s.levels.setdefault((warehouse, sku), Level(sku, warehouse, 0, 0, 0))
+
+    def recent_requests(
+        self, warehouse: str, since: datetime, after_key: str | None, limit: int
+    ) -> list[tuple[str, str, datetime]]:
+        touched = {m["idempotency_key"] for m in self.s.movements if m["warehouse"] == warehouse}
+        keys = sorted(
+            k
+            for k, at in self.s.recorded_at.items()
+            if at >= since and k in touched and (after_key is None or k > after_key)
+        )
+        return [(k, self.s.records[k][0], self.s.recorded_at[k]) for k in keys[:limit]]
 
     def levels_page(self, warehouse: str, after_sku: str | None, limit: int) -> list[Level]:
         rows = sorted(
@@ -247,6 +261,7 @@ class MemoryGate:
         self.levels: dict[tuple[str, str], dict[str, int]] = {}
         self.holds: dict[tuple[str, str], dict[str, int]] = {}
         self.markers: dict[tuple[str, str], str] = {}
+        self.marker_ttl = 86_400
         self.ready: set[str] = set()
         self.gen: dict[str, int] = {}
         self.reachable = True
@@ -313,6 +328,10 @@ class MemoryGate:
             cur = self.levels.setdefault((warehouse, lv.sku), {"oh": 0, "rs": 0, "v": -1, "hd": 0})
             if cur["v"] < lv.version:
                 cur.update(oh=lv.on_hand, rs=lv.reserved, v=lv.version)
+
+    def restore_markers(self, warehouse: str, markers: Sequence[tuple[str, str, datetime]]) -> None:
+        for request_id, fingerprint, _ in markers:
+            self.markers.setdefault((warehouse, request_id), fingerprint)
 
     def generation(self, warehouse: str) -> str:
         return str(self.gen.get(warehouse, 0))

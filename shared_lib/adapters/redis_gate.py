@@ -28,6 +28,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -38,7 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared_lib.domain.errors import Shortfall
-from shared_lib.domain.model import Level, Line
+from shared_lib.domain.model import Level, Line, utcnow
 from shared_lib.services.ports import GateAnswer, HoldResult, JournalAnswer, JournalUnavailable
 
 log = logging.getLogger(__name__)
@@ -405,6 +406,18 @@ class RedisGate:
     def load(self, warehouse: str, levels: Sequence[Level]) -> None:
         for start in range(0, len(levels), LOAD_BATCH):
             self._apply(warehouse, None, levels[start : start + LOAD_BATCH])
+
+    def restore_markers(self, warehouse: str, markers: Sequence[tuple[str, str, datetime]]) -> None:
+        """Markers of requests the database recorded (request id, fingerprint, when), each
+        for what is left of its time; a marker already there is kept."""
+        now = utcnow()
+        with self.client.pipeline(transaction=False) as pipe:
+            for request_id, fingerprint, recorded_at in markers:
+                left = self.marker_ttl - (now - recorded_at).total_seconds()
+                if left >= 1:
+                    key = f"{self.tag(warehouse)}:req:{request_id}"
+                    pipe.set(key, fingerprint, ex=int(left), nx=True)
+            pipe.execute()
 
     def mark_ready(self, warehouse: str, generation: str) -> bool:
         tag = self.tag(warehouse)

@@ -291,6 +291,22 @@ class SqlStore:
             query = query.where(s.c.sku > after_sku)
         return [_level(r) for r in self.conn.execute(query.order_by(s.c.sku).limit(limit))]
 
+    def recent_requests(
+        self, warehouse: str, since: datetime, after_key: str | None, limit: int
+    ) -> list[tuple[str, str, datetime]]:
+        """Recorded requests since ``since`` that changed a level of the warehouse, by key."""
+        r, m = t.idempotency_records, t.movements
+        touched = sa.exists().where(
+            m.c.idempotency_key == r.c.idempotency_key, m.c.warehouse == warehouse
+        )
+        query = sa.select(r.c.idempotency_key, r.c.fingerprint, r.c.created_at).where(
+            r.c.created_at >= since, touched
+        )
+        if after_key is not None:
+            query = query.where(r.c.idempotency_key > after_key)
+        rows = self.conn.execute(query.order_by(r.c.idempotency_key).limit(limit))
+        return [(row.idempotency_key, row.fingerprint, row.created_at) for row in rows]
+
     def warehouse_codes(self) -> list[str]:
         w = t.warehouses
         return list(self.conn.execute(sa.select(w.c.code).order_by(w.c.code)).scalars())

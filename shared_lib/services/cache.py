@@ -6,7 +6,10 @@ import contextvars
 import logging
 import threading
 import uuid
+from datetime import timedelta
 
+from shared_lib.domain.model import utcnow
+from shared_lib.services.guard import request_id
 from shared_lib.services.ports import MaintainedGate, Transactions
 
 log = logging.getLogger(__name__)
@@ -14,9 +17,10 @@ PAGE = 1000
 
 
 def rebuild_warehouse(tx: Transactions, gate: MaintainedGate, warehouse: str) -> int | None:
-    """Load every balance of the warehouse and mark it ready; None if it was invalidated
-    again meanwhile (the caller retries). Loads are version-guarded, so live settles that
-    land during the rebuild are never overwritten by older rows."""
+    """Load every balance of the warehouse and the replay markers of its recent requests,
+    then mark it ready; None if it was invalidated again meanwhile (the caller retries).
+    Loads are version-guarded, so live settles that land during the rebuild are never
+    overwritten by older rows; requests that settle meanwhile set their own markers."""
     generation = gate.generation(warehouse)
     loaded, after = 0, None
     while True:
@@ -26,10 +30,28 @@ def rebuild_warehouse(tx: Transactions, gate: MaintainedGate, warehouse: str) ->
         gate.load(warehouse, page)
         loaded += len(page)
         after = page[-1].sku
+    restore_markers(tx, gate, warehouse)
     if not gate.mark_ready(warehouse, generation):
         return None
     log.info("gate rebuilt for warehouse %s: %d levels", warehouse, loaded)
     return loaded
+
+
+def restore_markers(tx: Transactions, gate: MaintainedGate, warehouse: str) -> int:
+    """A replay after the gate lost its state must be known as a replay, not judged by the
+    stock left: every request the database recorded within the markers' lifetime that
+    changed this warehouse gets its marker back (fingerprint, so a reuse is a conflict)."""
+    since = utcnow() - timedelta(seconds=gate.marker_ttl)
+    restored, after = 0, None
+    while True:
+        page = tx.run(lambda store, a=after: store.recent_requests(warehouse, since, a, PAGE))
+        if not page:
+            return restored
+        gate.restore_markers(
+            warehouse, [(request_id(key), fingerprint, at) for key, fingerprint, at in page]
+        )
+        restored += len(page)
+        after = page[-1][0]
 
 
 def rebuild_all(tx: Transactions, gate: MaintainedGate, *, invalidate: bool = True) -> int:

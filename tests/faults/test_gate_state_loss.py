@@ -6,8 +6,9 @@ deterministic on a PRIVATE redis-server, on MariaDB and SQLite.
    stock the database has would be refused (409 insufficient_stock) until a reconcile.
    (Found by this suite; fixed in ``RedisGate.generation`` / ``_MARK_READY``.)
 2. A replay of a request that took stock, after the gate lost the request's marker and the
-   warehouse was rebuilt, should answer the first answer. It does not yet: the gate's
-   availability check answers first (strict xfail; see the reason).
+   warehouse was rebuilt, answers the first answer, and the same key with another body is a
+   reuse (409 idempotency_key_reused), not a shortage: the rebuild restores the markers of
+   the requests the database recorded (``cache.restore_markers``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.sql import SqlTransactions
-from shared_lib.domain.errors import InsufficientStock
+from shared_lib.domain.errors import IdempotencyConflict
 from shared_lib.domain.model import IssueStock, Line, PlaceOrder, ReceiveStock, RequestMeta
 from shared_lib.services import Deps, cache, issue_stock, place_order, receive_stock
 from shared_lib.services.cache import rebuild_all, rebuild_warehouse
@@ -78,15 +79,6 @@ def test_a_flush_during_a_rebuild_never_leaves_a_partial_gate_ready(
     assert out.body["status"] == "reserved"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InsufficientStock,
-    reason="product bug (reported): after a gate flush + rebuild, the replay of a request "
-    "that took stock is answered by try_hold's availability check (short) before the "
-    "database's idempotency record is consulted, so it gets 409 insufficient_stock instead "
-    "of its first answer. Fixing it costs a database read per short answer (README: losers "
-    "cost no database statement), a design decision left to the lead.",
-)
 def test_a_replay_after_the_gate_lost_its_state_answers_the_first_answer(
     engine: sa.Engine, tx: SqlTransactions, gate_client: redis.Redis
 ) -> None:
@@ -101,6 +93,10 @@ def test_a_replay_after_the_gate_lost_its_state_answers_the_first_answer(
 
     gate_client.flushall()
     rebuild_all(tx, gate)
+    # the stock is gone: only the marker can tell the replay from a new request
+    issue_stock(deps, IssueStock("W1", (Line("A", 3),), "scrap"), RequestMeta("issue-2"))
     again = issue_stock(deps, issue, RequestMeta("issue-1"))
 
     assert again.replayed and again.body == first.body
+    with pytest.raises(IdempotencyConflict):
+        issue_stock(deps, IssueStock("W1", (Line("A", 1),), "other"), RequestMeta("issue-1"))

@@ -509,6 +509,33 @@ def test_replay_of_an_order_placed_before_the_gate_was_ready_answers_the_first_c
     assert replayed.headers["Idempotent-Replayed"] == "true"
 
 
+def test_a_replay_after_redis_lost_everything_answers_the_first_call(
+    api: Api, redis_client: redis.Redis
+) -> None:
+    """Order K, Redis loses its data, the gate is rebuilt, the stock sells out: K's replay
+    is still its first answer, and K with another body is a reuse, not a shortage."""
+    catalog(api, {"A": 0})
+    receive(api, A=4)
+    gate_rebuilt()
+    order = {"order_id": "SO-1", "warehouse": "MAIN", "lines": [{"sku": "A", "qty": 3}]}
+    placed = api.post("create_order", "/", order, key="ord-k")
+    assert ok(placed, 201)["status"] == "reserved" and "X-PSI-Degraded" not in placed.headers
+
+    prefix = bootstrap.get_platform().gate.prefix
+    for key in redis_client.scan_iter(match=f"{{{prefix}:*", count=1000):
+        redis_client.delete(key)
+    gate_rebuilt()
+    rest = {"order_id": "SO-2", "warehouse": "MAIN", "lines": [{"sku": "A", "qty": 1}]}
+    ok(api.post("create_order", "/", rest), 201)  # sold out now
+
+    replayed = api.post("create_order", "/", order, key="ord-k")
+    assert ok(replayed, 201) == placed.get_json()
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    other = {**order, "order_id": "SO-3", "lines": [{"sku": "A", "qty": 1}]}
+    refused(api.post("create_order", "/", other, key="ord-k"), 409, "idempotency_key_reused")
+    assert api.levels() == {"A": (4, 4)}
+
+
 def test_body_too_large_is_refused_before_parsing(boot: Boot) -> None:
     api = boot(PSI_MAX_BODY_BYTES="1024")
     catalog(api, {"A": 0})

@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -80,7 +79,6 @@ from shared_lib.domain.model import (
     RequestMeta,
     ShipOrder,
     TransferStock,
-    holds_of,
     parse_lines,
 )
 from shared_lib.services import (
@@ -95,7 +93,6 @@ from shared_lib.services import (
     transfer_stock,
 )
 from shared_lib.services.cache import rebuild_all, rebuild_warehouse
-from shared_lib.services.guard import request_id
 from shared_lib.services.ports import StockStore
 from tests.conftest import seed_catalog
 from tests.support import ledger_sums
@@ -140,13 +137,7 @@ SERVICES: dict[type[Command], Service] = {
 }
 
 
-# Known product deviation (reported; see tests/faults/test_gate_state_loss.py, a strict
-# xfail): after the gate lost a request's marker (flush, restart) and the warehouse was
-# rebuilt, a replay of a request that took stock is answered by the gate's availability
-# check, so it may be refused with InsufficientStock instead of the first answer (and another
-# body under that key may be refused as short instead of as a reuse). Nothing changes in the
-# stores. The machine tolerates exactly that case and counts it here.
-KNOWN_DEVIATIONS: Counter[str] = Counter()
+
 
 
 class WriteFailed(Exception):
@@ -425,14 +416,8 @@ class StockMachine(RuleBasedStateMachine):
             call.outcome, call.body = again.outcome, again.body
             return
         service = SERVICES[type(call.command)]
-        forgotten = self.gate_forgot(call)
-        try:
-            outcome = service(self.deps, call.command, RequestMeta(call.key, actor="property"))
-        except InsufficientStock:
-            if not forgotten:
-                raise
-            KNOWN_DEVIATIONS["replay refused as short after the gate lost the key"] += 1
-            return
+        # also after the gate lost its state: a rebuild restores the request's marker
+        outcome = service(self.deps, call.command, RequestMeta(call.key, actor="property"))
         assert outcome.replayed, f"replay of {call.key} was not answered as a replay"
         assert outcome.body == call.body, f"replay of {call.key} answered another answer"
 
@@ -446,19 +431,8 @@ class StockMachine(RuleBasedStateMachine):
             call.command, call.outcome, call.body = command, again.outcome, again.body
             return
         service = SERVICES[type(command)]
-        forgotten = self.gate_forgot(call)
-        with pytest.raises((IdempotencyConflict, InsufficientStock)) as refused:
+        with pytest.raises(IdempotencyConflict):
             service(self.deps, command, RequestMeta(call.key, actor="property"))
-        if refused.type is InsufficientStock:
-            assert forgotten, f"another body under {call.key} refused as short, not as reuse"
-            KNOWN_DEVIATIONS["key reuse refused as short after the gate lost the key"] += 1
-
-    def gate_forgot(self, call: Call) -> bool:
-        """True when a warehouse the command holds stock in no longer has the request's
-        marker (the gate was flushed): see ``KNOWN_DEVIATIONS``."""
-        req = request_id(call.key)
-        holds = holds_of(call.command.changes()) if hasattr(call.command, "changes") else {}
-        return any(not self.client.exists(f"{self.gate.tag(wh)}:req:{req}") for wh in holds)
 
     # -- a database write that fails after the gate's hold was taken
     @rule(
@@ -551,7 +525,6 @@ def machine(engine: sa.Engine, tx: SqlTransactions, redis_client: redis.Redis) -
 
 
 def test_services_keep_the_stores_in_step_with_a_model(machine: type) -> None:
-    KNOWN_DEVIATIONS.clear()
     try:
         run_state_machine_as_test(seed(SEED)(machine), settings=SETTINGS)
     except BaseException as exc:
@@ -559,4 +532,4 @@ def test_services_keep_the_stores_in_step_with_a_model(machine: type) -> None:
         print(message)
         exc.add_note(message)
         raise
-    print(f"seed {SEED}; known deviations met: {dict(KNOWN_DEVIATIONS)}")
+    print(f"seed {SEED}")
