@@ -234,12 +234,14 @@ class FakeStore:
 
 class FakeTransactions:
     """Each run works on a copy of the state; the copy replaces the state only on success.
-    `fail_next` makes the next commit fail, as a lost database would."""
+    `fail_next` makes the next commit fail, as a lost database would; `lose_answer_next`
+    commits the next run and then raises, as a commit whose acknowledgement was lost."""
 
     def __init__(self, state: State | None = None) -> None:
         self.state = state or State()
         self.commits = 0
         self.fail_next: Exception | None = None
+        self.lose_answer_next: Exception | None = None
         self._lock = threading.Lock()
 
     def run(self, work: Callable[[StockStore], T]) -> T:
@@ -251,6 +253,9 @@ class FakeTransactions:
                 raise exc
             self.state = draft
             self.commits += 1
+            if self.lose_answer_next is not None:
+                exc, self.lose_answer_next = self.lose_answer_next, None
+                raise exc
             return result
 
 
@@ -277,6 +282,8 @@ class MemoryGate:
         if not self.reachable:
             return HoldResult(GateAnswer.UNAVAILABLE)
         seen = self.markers.get((warehouse, request_id))
+        if seen == "?" + fingerprint:
+            return HoldResult(GateAnswer.UNKNOWN)
         if seen is not None:
             return HoldResult(GateAnswer.DUPLICATE if seen == fingerprint else GateAnswer.CONFLICT)
         if warehouse not in self.ready:
@@ -302,10 +309,17 @@ class MemoryGate:
             if (warehouse, sku) in self.levels:
                 self.levels[(warehouse, sku)]["hd"] -= qty
 
-    def cancel_hold(self, warehouse: str, request_id: str) -> None:
+    def cancel_hold(self, warehouse: str, request_id: str, *, unknown: str | None = None) -> None:
         if self.reachable:
             self._drop(warehouse, request_id)
-            self.markers.pop((warehouse, request_id), None)
+            if unknown is None:
+                self.markers.pop((warehouse, request_id), None)
+            else:
+                self.markers[(warehouse, request_id)] = "?" + unknown
+
+    def forget_unknown(self, warehouse: str, request_id: str, fingerprint: str) -> None:
+        if self.markers.get((warehouse, request_id)) == "?" + fingerprint:
+            del self.markers[(warehouse, request_id)]
 
     def settle(
         self,

@@ -166,6 +166,7 @@ class RedisGate:
         self._try_hold = client.register_script(_lua("try_hold.lua"))
         self._settle = client.register_script(_lua("settle.lua"))
         self._cancel = client.register_script(_lua("cancel_hold.lua"))
+        self._forget = client.register_script(_FORGET)
         self._repair = client.register_script((LUA / "repair.lua").read_text())
         self._mark_ready = client.register_script(_MARK_READY)
         self._generation = client.register_script(_GENERATION)
@@ -304,7 +305,10 @@ class RedisGate:
             len(answers),
         ]
         for answer in answers:
-            args += [answer.request_id, answer.fingerprint or "", answer.reply]
+            marker = answer.fingerprint or ""
+            if marker and answer.unknown:
+                marker = UNKNOWN_MARK + marker
+            args += [answer.request_id, marker, answer.reply]
         for lv in levels:
             args += [lv.sku, lv.on_hand, lv.reserved, lv.version]
         self._journal_call(warehouse, self._complete, keys, args)
@@ -343,15 +347,22 @@ class RedisGate:
             self._down(exc, warehouse)
             raise JournalUnavailable(str(exc)) from exc
 
-    def cancel_hold(self, warehouse: str, request_id: str) -> None:
+    def cancel_hold(self, warehouse: str, request_id: str, *, unknown: str | None = None) -> None:
+        """Give the hold back; the marker goes too, or, when the write's outcome is unknown
+        (``unknown`` = the request's fingerprint), stays flagged for the retry."""
         try:
             self._cancel(
                 keys=self._request_keys(warehouse, request_id),
-                args=[self.tag(warehouse), request_id],
+                args=[self.tag(warehouse), request_id, unknown or "", self.marker_ttl],
             )
         except UNREACHABLE as exc:
             # the hold expires at its deadline; nothing else to do
             self._down(exc)
+
+    def forget_unknown(self, warehouse: str, request_id: str, fingerprint: str) -> None:
+        """The database has no record of the request: its flagged marker goes."""
+        key = f"{self.tag(warehouse)}:req:{request_id}"
+        self._forget(keys=[key], args=[UNKNOWN_MARK + fingerprint])
 
     def settle(
         self,
@@ -461,7 +472,18 @@ class RedisGate:
         self.client.close()
 
 
-_ANSWERS = {"held": "held", "dup": "duplicate", "conflict": "conflict", "not_ready": "not_ready"}
+_ANSWERS = {
+    "held": "held",
+    "dup": "duplicate",
+    "conflict": "conflict",
+    "unknown": "unknown",
+    "not_ready": "not_ready",
+}
+UNKNOWN_MARK = "?"  # a marker of a request whose outcome is unknown (see cancel_hold.lua)
+_FORGET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _text(value: Any) -> str:

@@ -63,6 +63,7 @@ from shared_lib.services.guard import (
     order_body,
     replay,
     request_id,
+    resolve_unknown,
     run_recorded,
     stock_events,
 )
@@ -127,7 +128,8 @@ class Pending:
 
 @dataclass(frozen=True)
 class Result:
-    """One entry's answer: a body (committed, now or earlier) or an error (nothing written)."""
+    """One entry's answer: a body (committed, now or earlier) or an error (nothing written,
+    or - StoreUnavailable - maybe written: the database did not say)."""
 
     body: dict[str, Any] | None = None
     error: PsiError | None = None
@@ -157,6 +159,8 @@ def place(deps: Deps, journal: OrderJournal, pending: Pending, work_of: WorkOf) 
         deps.journal_lead_ms,
     )
     answer = admit(deps, order.warehouse, held, key)
+    if answer is GateAnswer.UNKNOWN:
+        answer = resolve_unknown(deps, order.warehouse, key, req, pending.fingerprint)
     if answer is GateAnswer.DUPLICATE:
         return replay(deps, key, pending.fingerprint, req, [])
     if answer is not GateAnswer.HELD:
@@ -244,12 +248,19 @@ def flush(
     found, levels = persist(deps, warehouse, pendings, work_of)
     results.update(found)
     fingerprints = {p.request: p.fingerprint for p in pendings}
-    answers = [
-        JournalAnswer(req, fingerprints.get(req) if r.body is not None else None, r.reply())
-        for req, r in results.items()
-    ]
+    answers = [_answer(req, r, fingerprints.get(req)) for req, r in results.items()]
     journal.complete(warehouse, owner, answers, levels, deps.journal_lead_ms)
     return {a.request_id: a.reply for a in answers}
+
+
+def _answer(req: str, result: Result, fingerprint: str | None) -> JournalAnswer:
+    """A committed order keeps its marker; one whose write may have committed (the database
+    was unreachable) keeps it flagged, so its retry asks the database; a refused one loses
+    it."""
+    if result.body is not None:
+        return JournalAnswer(req, fingerprint, result.reply())
+    unknown = isinstance(result.error, StoreUnavailable) and fingerprint is not None
+    return JournalAnswer(req, fingerprint if unknown else None, result.reply(), unknown=unknown)
 
 
 def persist(

@@ -31,6 +31,7 @@ from shared_lib.domain.errors import (
     InsufficientStock,
     RequestInProgress,
     Shortfall,
+    StoreUnavailable,
     UnknownSku,
     UnknownWarehouse,
 )
@@ -123,6 +124,8 @@ def guarded_write(
     if deps.gate is not None:
         for warehouse, lines in (holds or {}).items():
             answer = _try_hold(deps, deps.gate, warehouse, req, fingerprint, lines, key)
+            if answer is GateAnswer.UNKNOWN:
+                answer = resolve_unknown(deps, warehouse, key, req, fingerprint)
             if answer is GateAnswer.HELD:
                 held.append(warehouse)
             elif answer is GateAnswer.DUPLICATE:
@@ -134,6 +137,11 @@ def guarded_write(
         body, levels, replayed = run_recorded(
             deps, key, fingerprint, command.kind, work, legacy_key=meta.legacy_key
         )
+    except StoreUnavailable:
+        # the commit may have happened: the markers stay, flagged, so that the retry (a 503
+        # says: retry with the same key) asks the database instead of the stock left
+        _release(deps, held, req, unknown=fingerprint)
+        raise
     except BaseException:
         _release(deps, held, req)
         raise
@@ -231,11 +239,24 @@ def replay(deps: Deps, key: str, fingerprint: str, req: str, held: list[str]) ->
     return Outcome(prior[1], replayed=True)
 
 
-def _release(deps: Deps, warehouses: Iterable[str], req: str) -> None:
+def _release(
+    deps: Deps, warehouses: Iterable[str], req: str, *, unknown: str | None = None
+) -> None:
     if deps.gate is None:
         return
     for warehouse in warehouses:
-        deps.gate.cancel_hold(warehouse, req)
+        deps.gate.cancel_hold(warehouse, req, unknown=unknown)
+
+
+def resolve_unknown(deps: Deps, warehouse: str, key: str, req: str, fingerprint: str) -> GateAnswer:
+    """An earlier attempt of this request may have committed: the database knows. Recorded:
+    a replay (DUPLICATE). Not recorded: it never committed, so the flagged marker goes and
+    this attempt runs on the database's guard alone (NOT_READY: degraded, no hold)."""
+    if deps.tx.run(lambda store: store.recall(key)) is not None:
+        return GateAnswer.DUPLICATE
+    assert deps.gate is not None
+    deps.gate.forget_unknown(warehouse, req, fingerprint)
+    return GateAnswer.NOT_READY
 
 
 def _settle(

@@ -139,6 +139,8 @@ class GateAnswer(StrEnum):
     CONFLICT = "conflict"
     NOT_READY = "not_ready"
     UNAVAILABLE = "unavailable"
+    # the request's first attempt may have committed (its answer was lost): ask the database
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -151,11 +153,13 @@ class HoldResult:
 
 @dataclass(frozen=True)
 class JournalAnswer:
-    """What a flush tells one waiting request; `fingerprint` only when it was committed."""
+    """What a flush tells one waiting request; `fingerprint` when it was committed, or
+    when it may have been (`unknown`: the database did not say; its marker stays, flagged)."""
 
     request_id: str
     fingerprint: str | None
     reply: str
+    unknown: bool = False
 
 
 class StockGate(Protocol):
@@ -170,7 +174,10 @@ class StockGate(Protocol):
         hold_ms: int,
     ) -> HoldResult: ...
 
-    def cancel_hold(self, warehouse: str, request_id: str) -> None: ...
+    def cancel_hold(
+        self, warehouse: str, request_id: str, *, unknown: str | None = None
+    ) -> None: ...
+    def forget_unknown(self, warehouse: str, request_id: str, fingerprint: str) -> None: ...
 
     def settle(
         self,

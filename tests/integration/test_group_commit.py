@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -245,3 +246,41 @@ def test_a_journal_flushed_away_while_waiting_commits_the_order_once(
     assert outcome.degraded and outcome.body["status"] == "reserved"
     assert db_level(engine, "A") == (100, 2) and count(engine, t.orders) == 1
     assert_invariants(engine)
+
+
+class LoseTheAnswer:
+    """Transactions whose next run commits and then reports the database unreachable, as a
+    COMMIT whose acknowledgement was lost."""
+
+    def __init__(self, inner: SqlTransactions) -> None:
+        self.inner = inner
+        self.armed = True
+
+    def run(self, work: Callable[[Any], Any]) -> Any:
+        result = self.inner.run(work)
+        if self.armed:
+            self.armed = False
+            raise StoreUnavailable("database")
+        return result
+
+
+def test_a_batch_whose_commit_answer_was_lost_is_answered_truly_on_retry(
+    deps: Deps, engine: sa.Engine, gate: RedisGate, tx: SqlTransactions
+):
+    """The waiters of a batch that did commit are told 503 (retry with the same key); the
+    retry gets the first answer even when the stock is gone by then, not 409 short."""
+    first, second = same_shard(gate, 2)
+    enqueue(gate, first)
+    enqueue(gate, second)
+    lossy = Deps(tx=LoseTheAnswer(tx), gate=gate, journal=gate)
+    answers = flush(lossy, gate, "W1", first.request, lambda q: _reserve(lossy, q))
+    assert all("store_unavailable" in answers[p.request] for p in (first, second))
+    assert db_level(engine, "A") == (100, 2)  # both committed
+    # the rest of the stock sells out
+    place_order(deps, PlaceOrder("rest", "W1", (Line("A", 98),)), meta("rest"))
+    for p in (first, second):
+        command = PlaceOrder(p.order.order_id, "W1", p.order.lines)
+        again = place_order(deps, command, p.meta)
+        assert again.replayed and again.body["order_id"] == p.order.order_id
+    assert db_level(engine, "A") == (100, 100)
+    assert_invariants(engine, gate)

@@ -136,3 +136,22 @@ def test_unreachable_redis_answers_unavailable_without_raising(private_redis):
     assert gate.try_hold("W1", "r1", "fp", [Line("A", 1)], 1000).answer is GateAnswer.UNAVAILABLE
     gate.settle("W1", None, [Level("A", "W1", 4, 0, 2)])  # remembered as stale, no exception
     assert not gate.reachable
+
+
+def test_a_retry_past_its_marker_but_before_the_sweep_holds_its_units_once(gate: RedisGate):
+    """The sweep gives back 64 expired holds per call; a retry whose own expired hold was
+    not among them must not count its units twice (they would stay held for good)."""
+    ready(gate, "W1", A=1000)
+    for i in range(64):
+        assert gate.try_hold("W1", f"old{i}", "fp", [Line("A", 1)], 100).answer is GateAnswer.HELD
+    # R's hold runs out after the others: the sweep reaches 64 older ones first
+    assert gate.try_hold("W1", "R", "fp", [Line("A", 5)], 300).answer is GateAnswer.HELD
+    wait_until(
+        lambda: gate.client.exists(f"{gate.tag('W1')}:req:R") == 0,
+        timeout=5,
+        what="R's marker to run out",
+    )
+    assert gate.try_hold("W1", "R", "fp", [Line("A", 5)], 10_000).answer is GateAnswer.HELD
+    assert gate.read("W1", ["A"])["A"].held == 5
+    gate.cancel_hold("W1", "R")
+    assert available(gate, "W1", "A") == 1000

@@ -137,9 +137,6 @@ SERVICES: dict[type[Command], Service] = {
 }
 
 
-
-
-
 class WriteFailed(Exception):
     """The database write failed after its work (then the transaction rolls back)."""
 

@@ -180,14 +180,36 @@ def test_duplicate_still_in_flight_is_reported(deps, gate, tx):
 
 def test_database_failure_after_the_hold_releases_it(deps, tx, gate):
     receive(deps, A=10)
+    command = PlaceOrder("o1", "W1", lines(A=4))
     tx.fail_next = StoreUnavailable("database")
     with pytest.raises(StoreUnavailable):
-        place_order(deps, PlaceOrder("o1", "W1", lines(A=4)), key("o1"))
+        place_order(deps, command, key("o1"))
     assert gate.available("W1", "A") == 10 and gate.holds == {}
-    assert ("W1", request_id("o1")) not in gate.markers
+    # the write may have committed, for all the caller knows: the marker stays, flagged
+    assert gate.markers[("W1", request_id("o1"))] == "?" + command.fingerprint()
     assert levels(tx)[("W1", "A")] == (10, 0)
-    out = place_order(deps, PlaceOrder("o1", "W1", lines(A=4)), key("o1"))
-    assert out.body["status"] == "reserved"
+    out = place_order(deps, command, key("o1"))  # the database has no record: it runs
+    assert out.body["status"] == "reserved" and not out.replayed
+    assert levels(tx)[("W1", "A")] == (10, 4)
+
+
+@pytest.mark.parametrize("sold_out", [False, True])
+def test_a_commit_whose_answer_was_lost_is_answered_truly_on_retry(deps, tx, gate, sold_out):
+    """The 503 of a commit whose acknowledgement was lost means "retry with the same key":
+    the retry gets the first answer, even when the stock is gone by then."""
+    receive(deps, A=10)
+    command = PlaceOrder("o1", "W1", lines(A=4))
+    tx.lose_answer_next = StoreUnavailable("database")
+    with pytest.raises(StoreUnavailable):
+        place_order(deps, command, key("o1"))
+    assert levels(tx)[("W1", "A")] == (10, 4)  # it did commit
+    if sold_out:
+        place_order(deps, PlaceOrder("o2", "W1", lines(A=6)), key("o2"))
+    again = place_order(deps, command, key("o1"))
+    assert again.replayed and again.body["order_id"] == "o1"
+    with pytest.raises(IdempotencyConflict):
+        place_order(deps, PlaceOrder("o9", "W1", lines(A=1)), key("o1"))
+    assert levels(tx)[("W1", "A")] == (10, 10 if sold_out else 4)
 
 
 def test_degraded_mode_uses_the_database_guard(deps, tx, gate):

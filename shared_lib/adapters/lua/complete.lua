@@ -4,7 +4,8 @@
 -- KEYS[1] lead  KEYS[2] journal  KEYS[3] in-flight  KEYS[4] holds
 -- ARGV[1] tag prefix  ARGV[2] owner  ARGV[3] marker ttl s  ARGV[4] reply ttl s
 -- ARGV[5] lead ttl ms  ARGV[6] number of answers m
--- ARGV[7..6+3m] per answer: request id, fingerprint ('' = not committed: drop the marker), reply
+-- ARGV[7..6+3m] per answer: request id, marker ('' = not committed: drop the marker;
+--   '?<fingerprint>' = outcome unknown: kept flagged), reply
 -- then per level: sku, on_hand, reserved, version
 -- Returns the request id the lead passed to, or ''.
 local m = tonumber(ARGV[6])

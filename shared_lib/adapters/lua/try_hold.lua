@@ -8,7 +8,9 @@
 --   ARGV[5+2n] journal entry ('<request id> <payload>')  ARGV[6+2n] lead ttl ms
 --   ARGV[7+2n] journal shard
 -- Returns {'held', lead} (lead=1: the caller now leads the warehouse's next flush)
---       | {'dup'} | {'conflict'} | {'not_ready'}
+--       | {'dup'} | {'conflict'} | {'unknown'} | {'not_ready'}
+-- A marker '?<fingerprint>' means the request's outcome is unknown (its database write may
+-- have committed): the caller asks the database.
 --       | {'short', i1, available1, known1, i2, ...} (1-based line index; known=0: no key)
 local n = #KEYS - 4
 local journaled = #ARGV == 7 + 2 * n
@@ -35,6 +37,7 @@ end
 local seen = redis.call('GET', KEYS[4])
 if seen then
   if seen == ARGV[3] then return {'dup'} end
+  if seen == '?' .. ARGV[3] then return {'unknown'} end
   return {'conflict'}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -49,6 +52,11 @@ local tag = ARGV[1]
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
 for _, req in ipairs(expired) do
   drop_hold(tag, KEYS[2], req)
+end
+-- a hold is one per request: a retry whose marker ran out before the sweep reached its old
+-- hold gives that hold back first, or its units would count twice in hd
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  drop_hold(tag, KEYS[2], ARGV[2])
 end
 
 local short = {}
