@@ -214,6 +214,12 @@ class Settings:
                 object.__setattr__(self, spec.name, value)
             except ValueError as exc:
                 problems[spec.name] = str(exc)
+        if not problems and 2 * self.group_commit_wait_ms >= self.gate_hold_ms:
+            # an order waits for its batch at most twice the wait; its hold must outlast that,
+            # or a batch could commit an order whose units the gate already gave back
+            problems["group_commit_wait_ms"] = (
+                f"must be less than half of PSI_GATE_HOLD_MS ({self.gate_hold_ms})"
+            )
         if problems:
             named = [f"{ENV_PREFIX}{name.upper()}: {text}" for name, text in problems.items()]
             raise ConfigError("invalid configuration: " + "; ".join(named), problems)

@@ -40,7 +40,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared_lib.domain.errors import Shortfall
 from shared_lib.domain.model import Level, Line, utcnow
-from shared_lib.services.ports import GateAnswer, HoldResult, JournalAnswer, JournalUnavailable
+from shared_lib.services.ports import (
+    GateAnswer,
+    HoldResult,
+    JournalAnswer,
+    JournalUnavailable,
+    Taken,
+)
 
 log = logging.getLogger(__name__)
 LUA = Path(__file__).resolve().parent / "lua"
@@ -280,28 +286,39 @@ class RedisGate:
         tag, shard = self.tag(warehouse), self._shard(request_id)
         return [f"{tag}:lead:{shard}", f"{tag}:journal:{shard}", f"{tag}:inflight:{shard}"]
 
-    def take(self, warehouse: str, owner: str, limit: int, lead_ms: int) -> list[str] | None:
-        """The next batch (`<request id> <entry>` strings), or None if `owner` does not lead."""
-        items = self._journal_call(
-            warehouse, self._take, self._journal_keys(warehouse, owner), [owner, limit, lead_ms]
-        )
-        return None if items is None else [_text(item) for item in items]
+    def _fence_key(self, warehouse: str, request_id: str) -> str:
+        return f"{self.tag(warehouse)}:fence:{self._shard(request_id)}"
+
+    def take(self, warehouse: str, owner: str, limit: int, lead_ms: int) -> Taken | None:
+        """The next batch (`<request id> <entry>` strings) with its fencing token, or None
+        if `owner` does not lead."""
+        keys = [*self._journal_keys(warehouse, owner), self._fence_key(warehouse, owner)]
+        items = self._journal_call(warehouse, self._take, keys, [owner, limit, lead_ms])
+        if items is None:
+            return None
+        return Taken(int(items[0]), [_text(item) for item in items[1:]])
 
     def complete(
         self,
         warehouse: str,
         owner: str,
+        taken: Taken,
         answers: Sequence[JournalAnswer],
         levels: Sequence[Level],
         lead_ms: int,
-    ) -> None:
-        keys = [*self._journal_keys(warehouse, owner), f"{self.tag(warehouse)}:holds"]
+    ) -> bool:
+        keys = [
+            *self._journal_keys(warehouse, owner),
+            f"{self.tag(warehouse)}:holds",
+            self._fence_key(warehouse, owner),
+        ]
         args: list[Any] = [
             self.tag(warehouse),
             owner,
             self.marker_ttl,
             REPLY_TTL_SECONDS,
             lead_ms,
+            taken.token,
             len(answers),
         ]
         for answer in answers:
@@ -311,7 +328,7 @@ class RedisGate:
             args += [answer.request_id, marker, answer.reply]
         for lv in levels:
             args += [lv.sku, lv.on_hand, lv.reserved, lv.version]
-        self._journal_call(warehouse, self._complete, keys, args)
+        return self._journal_call(warehouse, self._complete, keys, args) is not None
 
     def next_reply(self, warehouse: str, request_id: str, timeout: float) -> str | None:
         """Wait up to `timeout` s for this request's answer ('lead': it now leads)."""

@@ -190,16 +190,16 @@ def _wait(
     while True:
         if lead:
             answers = flush(deps, journal, warehouse, req, work_of)
-            if req in answers:
+            if answers is not None and req in answers:
                 return answers[req]
-            if not answers:
+            if answers == {}:
                 # nothing left to write, yet no answer: unless one is just arriving, the
                 # entry was lost with Redis's data (a flush): settle it one by one
                 reply = journal.next_reply(warehouse, req, WAIT_SLICE_S)
                 if reply is None or reply == LEAD:
                     raise JournalUnavailable("the journal no longer holds this request")
                 return reply
-            lead = False
+            lead = False  # answered for others, or fenced off: the next leader answers
         left = deadline - time.monotonic()
         if left <= 0:
             if journal.withdraw(warehouse, req, entry):
@@ -222,11 +222,13 @@ def _wait(
 
 def flush(
     deps: Deps, journal: OrderJournal, warehouse: str, owner: str, work_of: WorkOf
-) -> dict[str, str]:
-    """Write the next batch as the leader `owner`; the replies by request id."""
-    texts = journal.take(warehouse, owner, deps.journal_batch, deps.journal_lead_ms)
-    if texts is None:
+) -> dict[str, str] | None:
+    """Write the next batch as the leader `owner`; the replies by request id, or None when
+    the leader was fenced off meanwhile (another leads now, and answers for the batch)."""
+    taken = journal.take(warehouse, owner, deps.journal_batch, deps.journal_lead_ms)
+    if taken is None:
         return {}
+    texts = taken.entries
     pendings: list[Pending] = []
     results: dict[str, Result] = {}
     # an entry older than its hold was given up by its waiter, and the gate has returned
@@ -249,7 +251,9 @@ def flush(
     results.update(found)
     fingerprints = {p.request: p.fingerprint for p in pendings}
     answers = [_answer(req, r, fingerprints.get(req)) for req, r in results.items()]
-    journal.complete(warehouse, owner, answers, levels, deps.journal_lead_ms)
+    if not journal.complete(warehouse, owner, taken, answers, levels, deps.journal_lead_ms):
+        log.warning("flush leader %s was fenced off; its batch is answered by the next", owner)
+        return None
     return {a.request_id: a.reply for a in answers}
 
 

@@ -162,6 +162,14 @@ class JournalAnswer:
     unknown: bool = False
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A batch the flush leader took: its fencing token and the entries."""
+
+    token: int
+    entries: list[str]
+
+
 class StockGate(Protocol):
     """The admission gate in front of the system of record (Redis in production)."""
 
@@ -207,16 +215,20 @@ class OrderJournal(Protocol):
         lead_ms: int,
     ) -> HoldResult: ...
 
-    def take(self, warehouse: str, owner: str, limit: int, lead_ms: int) -> list[str] | None: ...
+    def take(self, warehouse: str, owner: str, limit: int, lead_ms: int) -> Taken | None: ...
 
     def complete(
         self,
         warehouse: str,
         owner: str,
+        taken: Taken,
         answers: Sequence[JournalAnswer],
         levels: Sequence[Level],
         lead_ms: int,
-    ) -> None: ...
+    ) -> bool:
+        """False: the leader was fenced off (another leads, or took the batch since), and
+        nothing was changed."""
+        ...
 
     def next_reply(self, warehouse: str, request_id: str, timeout: float) -> str | None: ...
     def claim(self, warehouse: str, request_id: str, lead_ms: int) -> bool: ...

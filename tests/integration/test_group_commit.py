@@ -24,7 +24,7 @@ from shared_lib.services import Deps, Outcome, place_order
 from shared_lib.services.cache import rebuild_all
 from shared_lib.services.group_commit import LEAD, Pending, flush, persist
 from shared_lib.services.orders import _reserve
-from shared_lib.services.ports import GateAnswer
+from shared_lib.services.ports import GateAnswer, JournalAnswer
 from tests.conftest import seed_catalog
 from tests.integration.test_order_path import assert_invariants, db_level, meta, receive
 from tests.support import wait_until
@@ -127,7 +127,7 @@ def test_a_dead_leaders_batch_is_taken_again_and_commits_once(
         enqueue(gate, p, lead_ms=300)
     # the leader takes the batch, commits it, and dies before it answers anyone
     taken = gate.take("W1", batch[0].request, 100, 300)
-    assert taken is not None and len(taken) == 6
+    assert taken is not None and len(taken.entries) == 6
     persist(deps, "W1", batch, lambda q: _reserve(deps, q))
     assert db_level(engine, "A") == (100, 6)
     # its lead expires; a waiter claims it and takes the same batch again
@@ -284,3 +284,58 @@ def test_a_batch_whose_commit_answer_was_lost_is_answered_truly_on_retry(
         assert again.replayed and again.body["order_id"] == p.order.order_id
     assert db_level(engine, "A") == (100, 100)
     assert_invariants(engine, gate)
+
+
+def test_a_leader_paused_past_its_lead_changes_nothing_when_it_wakes(
+    deps: Deps, engine: sa.Engine, gate: RedisGate, tx: SqlTransactions
+):
+    """Leader A takes a batch and stalls in its database write past its lead; B takes the
+    lead and the batch, and commits it. When A wakes up with a failure, its answers, marker
+    deletions and dropped holds must not land: it was fenced off."""
+    batch = same_shard(gate, 3)
+    for p in batch:
+        enqueue(gate, p, lead_ms=300)
+    a, b = batch[0], batch[1]
+    taken_by_a = gate.take("W1", a.request, 100, 300)
+    assert taken_by_a is not None
+    wait_until(lambda: gate.claim("W1", b.request, LEAD_MS), timeout=5, what="A's lead expired")
+    answers = flush_as(deps, gate, b)
+    assert set(answers) == {p.request for p in batch}
+    assert all(p.order.order_id in answers[p.request] for p in batch)
+    # A wakes up: its write failed, it would answer 503 and drop every marker
+    refused = [
+        JournalAnswer(p.request, None, '{"error":{"error":"store_unavailable"}}') for p in batch
+    ]
+    assert gate.complete("W1", a.request, taken_by_a, refused, [], 300) is False
+    for p in batch:
+        assert gate.client.get(f"{gate.tag('W1')}:req:{p.request}") == p.fingerprint.encode()
+        assert gate.client.llen(f"{gate.tag('W1')}:reply:{p.request}") <= 1
+        replay = place_order(deps, PlaceOrder(p.order.order_id, "W1", p.order.lines), p.meta)
+        assert replay.replayed
+    assert db_level(engine, "A") == (100, 3)
+    assert_invariants(engine, gate)
+
+
+def test_an_answer_left_from_an_earlier_attempt_is_not_this_attempts_answer(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    """A reply pushed for an earlier attempt under the same key (a leader answering late)
+    waits in Redis; an attempt journaled later must not take it for its own."""
+    leader, p = same_shard(gate, 2)
+    assert enqueue(gate, leader)  # leader leads its shard; p will wait for it
+    stale = '{"error":{"error":"store_unavailable","message":"stale","store":"database"}}'
+    gate.client.rpush(f"{gate.tag('W1')}:reply:{p.request}", stale)
+    journal = gate._journal_keys("W1", p.request)[1]
+
+    def lead_once_p_waits() -> None:
+        wait_until(lambda: gate.client.llen(journal) >= 2, timeout=10, what="p journaled")
+        flush_as(deps, gate, leader)
+
+    thread = threading.Thread(target=lead_once_p_waits)
+    thread.start()
+    try:
+        placed = place_order(deps, PlaceOrder(p.order.order_id, "W1", p.order.lines), p.meta)
+    finally:
+        thread.join(15)
+    assert placed.body["order_id"] == p.order.order_id and not placed.replayed
+    assert db_level(engine, "A") == (100, 2)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared_lib.config import ConfigError, load_settings, secret_file_name
+from shared_lib.config import ConfigError, Settings, load_settings, secret_file_name
 from shared_lib.http.auth import Authenticator, AuthError, parse_keys
 
 
@@ -89,3 +89,13 @@ def test_scopes_are_enforced_with_401_and_403():
         with pytest.raises(AuthError) as err:
             auth.check(header, scope)
         assert err.value.status == status
+
+
+def test_an_order_cannot_wait_for_its_batch_longer_than_its_hold() -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings(gate_hold_ms="10000", group_commit_wait_ms="5000")
+    assert error.value.problems == {
+        "group_commit_wait_ms": "must be less than half of PSI_GATE_HOLD_MS (10000)"
+    }
+    assert "PSI_GROUP_COMMIT_WAIT_MS" in str(error.value)
+    assert Settings(gate_hold_ms="10000", group_commit_wait_ms="4999").group_commit_wait_ms == 4999

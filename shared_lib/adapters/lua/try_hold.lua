@@ -86,6 +86,8 @@ redis.call('SET', KEYS[4], ARGV[3], 'PX', hold_ms)
 local lead = 0
 if journaled then
   local shard = ':' .. ARGV[7 + 2 * n]
+  -- answers left from an earlier attempt under this key are not this attempt's answers
+  redis.call('DEL', tag .. ':reply:' .. ARGV[2])
   redis.call('RPUSH', tag .. ':journal' .. shard, ARGV[5 + 2 * n])
   if redis.call('SET', tag .. ':lead' .. shard, ARGV[2], 'NX', 'PX', lead_ms) then lead = 1 end
 end
