@@ -205,8 +205,10 @@ def _wait(
             if journal.withdraw(warehouse, req, entry):
                 raise StoreUnavailable("database")  # nothing of it was written
             if extended:
-                # a leader took it and is stuck: the one-by-one path settles it either way
-                raise JournalUnavailable("no answer from the flush leader")
+                # a leader took it and is stuck in its write, which may still commit: the
+                # outcome is unknown, and a retry with the same key will learn it (writing it
+                # one by one now could answer 409 for an order the leader commits later)
+                raise StoreUnavailable("database")
             deadline, extended = time.monotonic() + deps.journal_wait_s, True
             continue
         reply = journal.next_reply(warehouse, req, min(WAIT_SLICE_S, left))

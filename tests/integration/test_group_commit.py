@@ -18,13 +18,13 @@ from sqlalchemy import event
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.sql import SqlTransactions
-from shared_lib.domain.errors import StoreUnavailable
+from shared_lib.domain.errors import RequestInProgress, StoreUnavailable
 from shared_lib.domain.model import Line, Order, OrderStatus, PlaceOrder, RequestMeta, utcnow
 from shared_lib.services import Deps, Outcome, place_order
 from shared_lib.services.cache import rebuild_all
 from shared_lib.services.group_commit import LEAD, Pending, flush, persist
 from shared_lib.services.orders import _reserve
-from shared_lib.services.ports import GateAnswer, JournalAnswer
+from shared_lib.services.ports import GateAnswer, JournalAnswer, Taken
 from tests.conftest import seed_catalog
 from tests.integration.test_order_path import assert_invariants, db_level, meta, receive
 from tests.support import wait_until
@@ -338,4 +338,45 @@ def test_an_answer_left_from_an_earlier_attempt_is_not_this_attempts_answer(
     finally:
         thread.join(15)
     assert placed.body["order_id"] == p.order.order_id and not placed.replayed
+    assert db_level(engine, "A") == (100, 2)
+
+
+def test_a_waiter_whose_leader_is_stuck_in_its_write_is_told_the_truth(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    """A leader took the order into its batch and is stuck in the write. The waiter must not
+    write the order alone (a 409 now could be followed by the leader's commit): it answers
+    503, and the retry is told the true state - in progress, then the first answer."""
+    ghost_leads(gate)
+    deps.journal_wait_s = 0.3
+    tag = gate.tag("W1")
+    order = PlaceOrder("o1", "W1", (Line("A", 2),))
+    ghost: list[Taken] = []
+
+    def the_ghost_takes_it() -> None:
+        shards = range(gate.journal_shards)
+        wait_until(
+            lambda: any(gate.client.llen(f"{tag}:journal:{s}") for s in shards),
+            timeout=5,
+            what="order journaled",
+        )
+        shard = next(s for s in shards if gate.client.llen(f"{tag}:journal:{s}"))
+        gate.client.set(f"{tag}:lead:{shard}", "ghost", px=60_000)
+        keys = [f"{tag}:lead:{shard}", f"{tag}:journal:{shard}", f"{tag}:inflight:{shard}"]
+        items = gate._take(keys=[*keys, f"{tag}:fence:{shard}"], args=["ghost", 100, 60_000])
+        ghost.append(Taken(int(items[0]), [item.decode() for item in items[1:]]))
+
+    taker = threading.Thread(target=the_ghost_takes_it)
+    taker.start()
+    with pytest.raises(StoreUnavailable):
+        place_order(deps, order, meta("o1"))
+    taker.join(10)
+    assert count(engine, t.orders) == 0  # nobody wrote it alone
+    with pytest.raises(RequestInProgress):
+        place_order(deps, order, meta("o1"))
+    # the stuck leader's write goes through after all: the retry gets that answer
+    (p,) = [Pending.decode("W1", text.partition(" ")[2]) for text in ghost[0].entries]
+    persist(deps, "W1", [p], lambda q: _reserve(deps, q))
+    again = place_order(deps, order, meta("o1"))
+    assert again.replayed and again.body["status"] == "reserved"
     assert db_level(engine, "A") == (100, 2)
