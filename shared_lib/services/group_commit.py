@@ -35,6 +35,7 @@ from functools import cached_property
 from typing import Any
 
 from shared_lib import topics
+from shared_lib.config import CLOCK_MARGIN_MS
 from shared_lib.domain import events
 from shared_lib.domain.errors import (
     IdempotencyConflict,
@@ -233,9 +234,12 @@ def flush(
     texts = taken.entries
     pendings: list[Pending] = []
     results: dict[str, Result] = {}
-    # an entry older than its hold was given up by its waiter, and the gate has returned
-    # its units: it must not commit behind everyone's back
-    stale_before = deps.clock() - timedelta(milliseconds=deps.gate_hold_ms)
+    late: list[Pending] = []
+    # an entry near the end of its hold may have been given up by its waiter and its units
+    # returned by the gate: it must not commit behind everyone's back. The clocks of the
+    # enqueuing process, this one and Redis may differ: a margin keeps the rule on the safe
+    # side (a late entry is answered 503 and its retry learns the outcome)
+    late_before = deps.clock() - timedelta(milliseconds=deps.gate_hold_ms - CLOCK_MARGIN_MS)
     for text in texts:
         req, _, payload = text.partition(" ")
         try:
@@ -244,14 +248,11 @@ def flush(
             log.error("unreadable journal entry %s dropped: %s", req, exc)
             results[req] = Result(error=StoreUnavailable("order journal"))
             continue
-        if pending.at < stale_before:
-            log.warning("journal entry of order %s outlived its hold", pending.order.order_id)
-            results[req] = Result(error=StoreUnavailable("database"))
-        else:
-            pendings.append(pending)
+        (late if pending.at < late_before else pendings).append(pending)
+    results.update(_late(deps, late))
     found, levels = persist(deps, warehouse, pendings, work_of)
     results.update(found)
-    fingerprints = {p.request: p.fingerprint for p in pendings}
+    fingerprints = {p.request: p.fingerprint for p in (*pendings, *late)}
     answers = [_answer(req, r, fingerprints.get(req)) for req, r in results.items()]
     if not journal.complete(warehouse, owner, taken, answers, levels, deps.journal_lead_ms):
         log.warning("flush leader %s was fenced off; its batch is answered by the next", owner)
@@ -267,6 +268,23 @@ def _answer(req: str, result: Result, fingerprint: str | None) -> JournalAnswer:
         return JournalAnswer(req, fingerprint, result.reply())
     unknown = isinstance(result.error, StoreUnavailable) and fingerprint is not None
     return JournalAnswer(req, fingerprint if unknown else None, result.reply(), unknown=unknown)
+
+
+def _late(deps: Deps, late: Sequence[Pending]) -> dict[str, Result]:
+    """Late entries: the idempotency record decides first (a dead leader's batch that did
+    commit is answered with its answers); the others are not written now."""
+    if not late:
+        return {}
+    recorded = deps.tx.run(lambda store: store.recall_many([p.meta.idempotency_key for p in late]))
+    results: dict[str, Result] = {}
+    for p in late:
+        prior = recorded.get(p.meta.idempotency_key)
+        if prior is not None and prior[0] == p.fingerprint:
+            results[p.request] = Result(prior[1], replayed=True)
+        else:
+            log.warning("journal entry of order %s outlived its hold", p.order.order_id)
+            results[p.request] = Result(error=StoreUnavailable("database"))
+    return results
 
 
 def persist(

@@ -52,7 +52,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, mysql_server: str) -> Itera
         data_dir,
         # a hold orphaned by a killed process returns its units after 5 s, not 30 s
         PSI_GATE_HOLD_MS="5000",
-        PSI_GROUP_COMMIT_WAIT_MS="2000",  # an order's wait must stay inside its hold
+        PSI_GROUP_COMMIT_WAIT_MS="1500",  # an order's wait must stay inside its hold
         PSI_REDIS_RETRY_AFTER_SECONDS="1",
         # modest concurrency: the machine has 2 cores shared with other suites
         THREADS="6",

@@ -380,3 +380,18 @@ def test_a_waiter_whose_leader_is_stuck_in_its_write_is_told_the_truth(
     again = place_order(deps, order, meta("o1"))
     assert again.replayed and again.body["status"] == "reserved"
     assert db_level(engine, "A") == (100, 2)
+
+
+def test_a_late_entry_that_did_commit_is_answered_with_its_first_answer(
+    deps: Deps, engine: sa.Engine, gate: RedisGate
+):
+    """A dead leader committed its batch; the batch is taken over only after its holds ran
+    out. The idempotency record decides before the age rule: the orders are answered with
+    their first answers, not 503."""
+    late = pending("slow", age_s=60)
+    enqueue(gate, late)
+    persist(deps, "W1", [late], lambda q: _reserve(deps, q))  # the dead leader's commit
+    answers = flush_as(deps, gate, late)
+    assert '"replayed":true' in answers[late.request] and "slow" in answers[late.request]
+    assert db_level(engine, "A") == (100, 1)
+    assert gate.client.get(f"{gate.tag('W1')}:req:{late.request}") == late.fingerprint.encode()

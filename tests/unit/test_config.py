@@ -93,9 +93,9 @@ def test_scopes_are_enforced_with_401_and_403():
 
 def test_an_order_cannot_wait_for_its_batch_longer_than_its_hold() -> None:
     with pytest.raises(ConfigError) as error:
-        Settings(gate_hold_ms="10000", group_commit_wait_ms="5000")
+        Settings(gate_hold_ms="10000", group_commit_wait_ms="4001")
     assert error.value.problems == {
-        "group_commit_wait_ms": "must be less than half of PSI_GATE_HOLD_MS (10000)"
+        "group_commit_wait_ms": "must be at most 4000: (PSI_GATE_HOLD_MS - 2000) / 2"
     }
     assert "PSI_GROUP_COMMIT_WAIT_MS" in str(error.value)
-    assert Settings(gate_hold_ms="10000", group_commit_wait_ms="4999").group_commit_wait_ms == 4999
+    assert Settings(gate_hold_ms="10000", group_commit_wait_ms="4000").group_commit_wait_ms == 4000
