@@ -13,6 +13,7 @@ jittered exponential backoff before the next attempt.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import random
@@ -40,6 +41,25 @@ MYSQL_LOCK_NAME_MAX = 64
 
 _process_locks: dict[str, threading.Lock] = {}
 _process_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _file_lock(database: str | None) -> Iterator[bool]:
+    """Every process on a SQLite file (the local stack runs six) shares one relay: an
+    exclusive lock on a file beside the database, released when its holder dies."""
+    if not database or database == ":memory:":
+        yield True
+        return
+    with open(f"{database}.outbox-relay.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _process_lock(key: str) -> threading.Lock:
@@ -233,8 +253,12 @@ class OutboxRelay:
                 yield None
                 return
             try:
-                with self.engine.connect() as conn:
-                    yield conn
+                with _file_lock(self.engine.url.database) as got:
+                    if not got:
+                        yield None
+                        return
+                    with self.engine.connect() as conn:
+                        yield conn
             finally:
                 lock.release()
             return

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -348,3 +349,51 @@ def test_the_background_relay_runs_after_a_kick_and_on_its_timer(engine: sa.Engi
         assert background.stop(timeout=10)
     assert not background.running
     assert [e.value for e in pub.events] == [r.payload for r in stored(engine)]
+
+
+def _relay_until_empty(database_url: str, bootstrap: str, start: Any, seconds: float) -> None:
+    """One function process's relay: publish until nothing is pending (or time is up)."""
+    engine = make_engine(database_url)
+    publisher = KafkaEventPublisher(bootstrap)
+    try:
+        relay = OutboxRelay(engine, publisher, publish_timeout=5.0)
+        start.wait(30)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and relay.pending_count() > 0:
+            relay.relay(limit=7)  # small batches: the processes take turns
+    finally:
+        publisher.close(timeout=2.0)
+        engine.dispose()
+
+
+def test_several_processes_publish_each_row_once_in_key_order(
+    engine: sa.Engine, database_url: str, broker: EmbeddedBroker
+) -> None:
+    """Every function process runs a relay (six on the local stack); together they publish
+    each outbox row once, and the events of one key in the order they were written."""
+    import multiprocessing
+
+    topic = new_topic(broker, 3)
+    keys = [f"K{i % 5}" for i in range(60)]
+    add_events(engine, topic, keys)
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [
+        context.Process(target=_relay_until_empty, args=(database_url, broker.bootstrap, start, 60))
+        for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(90)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+
+    records = read_topic(broker.bootstrap, topic, until=lambda rs: len(rs) >= 60, timeout=20)
+    read_more = read_topic(broker.bootstrap, topic, until=lambda rs: len(rs) > 60, timeout=3)
+    ids = [header(r, "ce_id") for r in read_more]
+    assert len(read_more) == 60 and len(set(ids)) == 60  # each row once
+    rows = {s.event_id.encode(): s.id for s in stored(engine, topic)}
+    for key in set(keys):
+        mine = [rows[header(r, "ce_id")] for r in records if r.key == key.encode()]
+        assert mine == sorted(mine), key  # in the order they were written
