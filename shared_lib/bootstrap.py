@@ -20,6 +20,7 @@ from shared_lib.services.cache import GateRebuilder
 from shared_lib.services.guard import Deps
 
 log = logging.getLogger(__name__)
+HEAL_INTERVAL_SECONDS = 5.0  # how often a process looks for warehouses off the fast path
 
 
 @dataclass
@@ -123,6 +124,8 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         )
         closers.append(gate.close)
         rebuilder = GateRebuilder(tx, gate)
+        # a warehouse off the fast path is rebuilt within seconds, not at its next order
+        closers.append(rebuilder.watch(HEAL_INTERVAL_SECONDS))
 
     relay = background = publisher = None
     if settings.kafka_bootstrap:

@@ -363,6 +363,12 @@ class MemoryGate:
     def is_ready(self, warehouse: str) -> bool:
         return warehouse in self.ready
 
+    def not_ready(self, warehouses: Sequence[str]) -> list[str]:
+        return [w for w in warehouses if w not in self.ready]
+
+    def ping(self) -> bool:
+        return self.reachable
+
     def acquire_rebuild(self, warehouse: str, owner: str, ttl_ms: int = 60_000) -> bool:
         return True
 

@@ -421,6 +421,21 @@ class RedisGate:
     def is_ready(self, warehouse: str) -> bool:
         return bool(self.client.exists(f"{self.tag(warehouse)}:ready"))
 
+    def not_ready(self, warehouses: Sequence[str]) -> list[str]:
+        """Those of ``warehouses`` off the fast path, in one round trip; a warehouse whose
+        settles this process could not deliver is invalidated first."""
+        with self._lock:
+            stale = set(self._stale)
+        for warehouse in stale:
+            self.invalidate(warehouse)
+            with self._lock:
+                self._stale.discard(warehouse)
+        with self.client.pipeline(transaction=False) as pipe:
+            for warehouse in warehouses:
+                pipe.exists(f"{self.tag(warehouse)}:ready")
+            found = pipe.execute()
+        return [w for w, ready in zip(warehouses, found, strict=True) if not ready]
+
     def generation(self, warehouse: str) -> str:
         """The invalidation generation a rebuild must still see to mark the warehouse ready."""
         start = random.randrange(1, 2**62)

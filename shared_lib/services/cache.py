@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 from shared_lib.domain.model import utcnow
@@ -14,6 +16,7 @@ from shared_lib.services.ports import MaintainedGate, Transactions
 
 log = logging.getLogger(__name__)
 PAGE = 1000
+CODES_TTL_SECONDS = 60.0  # how long the healer trusts its list of warehouses
 
 
 def rebuild_warehouse(tx: Transactions, gate: MaintainedGate, warehouse: str) -> int | None:
@@ -77,6 +80,8 @@ class GateRebuilder:
         self.gate = gate
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self._codes: list[str] = []
+        self._codes_until = 0.0
 
     def request(self, warehouse: str) -> None:
         with self._lock:
@@ -108,6 +113,34 @@ class GateRebuilder:
         finally:
             with self._lock:
                 self._running.pop(warehouse, None)
+
+    def heal(self) -> list[str]:
+        """One pass of self-healing: every warehouse the gate has off the fast path (Redis
+        lost its data, was unreachable, or the warehouse is new) gets a rebuild now, not
+        when its next order arrives. Returns the warehouses it asked to rebuild."""
+        if not self.gate.ping():
+            return []
+        if self._codes_until <= time.monotonic():
+            self._codes = self.tx.run(lambda store: store.warehouse_codes())
+            self._codes_until = time.monotonic() + CODES_TTL_SECONDS
+        off = self.gate.not_ready(self._codes)
+        for warehouse in off:
+            self.request(warehouse)
+        return off
+
+    def watch(self, interval: float) -> Callable[[], None]:
+        """Heal every ``interval`` seconds in a daemon thread; returns its stop function."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.heal()
+                except Exception as exc:  # the database or Redis is away: next pass
+                    log.debug("gate healing pass failed: %s", exc)
+
+        threading.Thread(target=loop, name="gate-heal", daemon=True).start()
+        return stop.set
 
     def join(self, timeout: float = 30.0) -> None:
         with self._lock:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import redis
+import sqlalchemy as sa
 from redis.crc import key_slot
 
 from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.domain.model import Level, Line
 from shared_lib.services.ports import GateAnswer
 from tests.support import wait_until
@@ -155,3 +157,31 @@ def test_a_retry_past_its_marker_but_before_the_sweep_holds_its_units_once(gate:
     assert gate.read("W1", ["A"])["A"].held == 5
     gate.cancel_hold("W1", "R")
     assert available(gate, "W1", "A") == 1000
+
+
+def test_a_gate_that_lost_its_data_heals_without_waiting_for_an_order(
+    engine: sa.Engine, tx: SqlTransactions, gate: RedisGate
+):
+    """Redis loses everything; no order arrives. The healer rebuilds every warehouse, with
+    its levels and the replay markers of its recent requests, within seconds."""
+    from shared_lib.domain.model import ReceiveStock, RequestMeta
+    from shared_lib.services import Deps, receive_stock
+    from shared_lib.services.cache import GateRebuilder, rebuild_all
+    from shared_lib.services.guard import request_id
+    from tests.conftest import seed_catalog
+
+    seed_catalog(engine, {"A": 0}, ("W1", "W2"))
+    rebuild_all(tx, gate)
+    receive_stock(Deps(tx=tx, gate=gate), ReceiveStock("W2", (Line("A", 7),)), RequestMeta("r"))
+    for key in gate.client.scan_iter(match=f"{{{gate.prefix}:*", count=1000):
+        gate.client.delete(key)
+    assert gate.not_ready(["W1", "W2"]) == ["W1", "W2"]
+    healer = GateRebuilder(tx, gate)
+    stop = healer.watch(0.05)
+    try:
+        wait_until(lambda: gate.not_ready(["W1", "W2"]) == [], timeout=10, what="healed gate")
+    finally:
+        stop()
+        healer.join()
+    assert available(gate, "W2", "A") == 7
+    assert gate.client.exists(f"{gate.tag('W2')}:req:{request_id('r')}") == 1
