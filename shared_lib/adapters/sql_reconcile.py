@@ -60,6 +60,7 @@ class SqlReconcileStore:
             "drift_repaired": 0,
             "expired_holds": 0,
             "outbox_redriven": 0,
+            "gates_rebuilt": 0,
             "report_uri": None,
             "error": None,
         }
@@ -264,6 +265,7 @@ def _run_record(row: Any) -> RunRecord:
         drift_repaired=int(row.drift_repaired),
         expired_holds=int(row.expired_holds),
         outbox_redriven=int(row.outbox_redriven),
+        gates_rebuilt=int(row.gates_rebuilt),
         report_uri=row.report_uri,
         error=row.error,
     )

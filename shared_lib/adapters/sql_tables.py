@@ -173,6 +173,7 @@ reconciliation_runs = sa.Table(
     sa.Column("drift_repaired", Quantity, nullable=False, server_default="0"),
     sa.Column("expired_holds", Quantity, nullable=False, server_default="0"),
     sa.Column("outbox_redriven", Quantity, nullable=False, server_default="0"),
+    sa.Column("gates_rebuilt", Quantity, nullable=False, server_default="0"),
     sa.Column("report_uri", sa.String(500)),
     sa.Column("error", sa.String(500)),
     **MYSQL_OPTIONS,

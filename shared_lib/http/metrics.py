@@ -74,6 +74,10 @@ GROUP_COMMIT_BATCH = Histogram(
 RECONCILE_DRIFT = Counter(
     "psi_reconcile_drift_total", "Drift rows found and repaired by reconcile", ["state"]
 )
+RECONCILE_GATES_REBUILT = Counter(
+    "psi_reconcile_gates_rebuilt_total",
+    "Warehouses reconcile found off the fast path and rebuilt (upkeep, not drift)",
+)
 
 # the series an exposition holds for each metric (histograms and counters add suffixes)
 NAMES: dict[str, tuple[str, ...]] = {
@@ -89,6 +93,7 @@ NAMES: dict[str, tuple[str, ...]] = {
     "psi_outbox_pending": (),
     "psi_outbox_lag_seconds": (),
     "psi_reconcile_drift_total": ("state",),
+    "psi_reconcile_gates_rebuilt_total": (),
     "psi_group_commit_batch_size_bucket": ("written", "le"),
     "psi_group_commit_batch_size_count": ("written",),
     "psi_group_commit_batch_size_sum": ("written",),
@@ -119,6 +124,7 @@ def observe_reconcile(result: Mapping[str, Any]) -> None:
     """Count the drift of one reconcile run (not of replayed answers)."""
     RECONCILE_DRIFT.labels("found").inc(int(result.get("drift_found") or 0))
     RECONCILE_DRIFT.labels("repaired").inc(int(result.get("drift_repaired") or 0))
+    RECONCILE_GATES_REBUILT.inc(int(result.get("gates_rebuilt") or 0))
 
 
 def observe_flush(size: int, one_by_one: bool) -> None:

@@ -17,8 +17,9 @@ on the stores' round trips, which so overlap.
   re-reading both (gate first, so the database read is never the older one), then repaired
   from the database with a compare-and-set on the gate version seen: a settle that lands
   meanwhile wins, and the row counts as repaired only when the gate then equals the database.
-* ``gate_not_ready``: the warehouse is off the fast path (flushed or invalidated); repair
-  rebuilds it from the database.
+* ``gate_not_ready``: the warehouse is off the fast path (flushed, invalidated, new) and this
+  run did not bring it back (repair off, or another process is rebuilding it). One that the
+  run rebuilds is not drift - nothing differed in stock - and counts in ``gates_rebuilt``.
 * ``gate_orphan``: a gate level with no database balance; reported only.
 * ``ledger_mismatch``: the balance differs from the sum of its ledger. Never repaired: the
   record itself is inconsistent and needs a person.
@@ -74,6 +75,7 @@ RESULT_KEYS = (
     "drift_repaired",
     "expired_holds",
     "outbox_redriven",
+    "gates_rebuilt",
     "report_uri",
 )
 
@@ -113,6 +115,7 @@ class RunRecord:
     drift_repaired: int = 0
     expired_holds: int = 0
     outbox_redriven: int = 0
+    gates_rebuilt: int = 0
     report_uri: str | None = None
     error: str | None = None
     claimed: bool = False
@@ -249,6 +252,7 @@ class DriftLog:
         )
         self.found = 0
         self.repaired = 0
+        self.gates_rebuilt = 0  # warehouses brought back on the fast path: upkeep, not drift
 
     def add(self, drift: Drift) -> None:
         self.found += 1
@@ -351,6 +355,7 @@ def _run(
             "drift_repaired": drift.repaired,
             "expired_holds": expired,
             "outbox_redriven": redriven,
+            "gates_rebuilt": drift.gates_rebuilt,
         }
         finished = _naive_utc(deps.clock())
         summary = {
@@ -588,9 +593,11 @@ def _gate_ready(
     first when it is not and ``repair`` is on."""
     if gate.is_ready(warehouse):
         return True
-    rebuilt = repair and _rebuild(deps, gate, warehouse)
-    drift.add(Drift(GATE_NOT_READY, warehouse, repaired=rebuilt))
-    return rebuilt
+    if repair and _rebuild(deps, gate, warehouse):
+        drift.gates_rebuilt += 1  # the gate lost its data, or the warehouse is new
+        return True
+    drift.add(Drift(GATE_NOT_READY, warehouse))  # off the fast path, and it stays so
+    return False
 
 
 def _rebuild(deps: Deps, gate: ReconcileGate, warehouse: str) -> bool:

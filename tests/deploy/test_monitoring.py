@@ -146,6 +146,7 @@ def test_metrics_module_names_every_exported_series() -> None:
         metrics.OUTBOX_PENDING,
         metrics.OUTBOX_LAG,
         metrics.RECONCILE_DRIFT,
+        metrics.RECONCILE_GATES_REBUILT,
     ):
         for family in collector.describe():
             exported.add(family.name)
