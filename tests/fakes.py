@@ -366,6 +366,9 @@ class MemoryGate:
     def not_ready(self, warehouses: Sequence[str]) -> list[str]:
         return [w for w in warehouses if w not in self.ready]
 
+    def server_replaced(self) -> bool:
+        return False
+
     def ping(self) -> bool:
         return self.reachable
 

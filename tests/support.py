@@ -81,6 +81,12 @@ class TcpProxy:
     def restore(self) -> None:
         self._cut.clear()
 
+    def retarget(self, host: str, port: int) -> None:
+        """Send new connections to another server (a failover behind a stable address)."""
+        self.cut()
+        self.target = (host, port)
+        self.restore()
+
     def _close_all(self) -> None:
         with self._lock:
             sockets, self._open = list(self._open), set()

@@ -173,6 +173,7 @@ class RedisGate:
         self._settle = client.register_script(_lua("settle.lua"))
         self._cancel = client.register_script(_lua("cancel_hold.lua"))
         self._forget = client.register_script(_FORGET)
+        self._epoch = client.register_script(_EPOCH)
         self._repair = client.register_script((LUA / "repair.lua").read_text())
         self._mark_ready = client.register_script(_MARK_READY)
         self._generation = client.register_script(_GENERATION)
@@ -421,6 +422,14 @@ class RedisGate:
     def is_ready(self, warehouse: str) -> bool:
         return bool(self.client.exists(f"{self.tag(warehouse)}:ready"))
 
+    def server_replaced(self) -> bool:
+        """True once after Redis became another server - a replica promoted by a failover,
+        which may lack the last writes: its levels and markers cannot be trusted. Its
+        replication id (``master_replid``) is new; the id the gate was built under is kept
+        in Redis itself, so one process notices, whenever it started."""
+        replid = self.client.info("replication").get("master_replid", "")
+        return bool(int(self._epoch(keys=[f"{self.prefix}:epoch"], args=[str(replid)])))
+
     def not_ready(self, warehouses: Sequence[str]) -> list[str]:
         """Those of ``warehouses`` off the fast path, in one round trip; a warehouse whose
         settles this process could not deliver is invalidated first."""
@@ -511,6 +520,13 @@ _ANSWERS = {
     "unknown": "unknown",
     "not_ready": "not_ready",
 }
+_EPOCH = """
+local seen = redis.call('GET', KEYS[1])
+if seen == ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+if seen then return 1 end
+return 0
+"""
 UNKNOWN_MARK = "?"  # a marker of a request whose outcome is unknown (see cancel_hold.lua)
 _FORGET = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

@@ -116,13 +116,18 @@ class GateRebuilder:
 
     def heal(self) -> list[str]:
         """One pass of self-healing: every warehouse the gate has off the fast path (Redis
-        lost its data, was unreachable, or the warehouse is new) gets a rebuild now, not
-        when its next order arrives. Returns the warehouses it asked to rebuild."""
+        lost its data, was unreachable, failed over to a replica, or the warehouse is new)
+        gets a rebuild now, not when its next order arrives. Returns the warehouses it
+        asked to rebuild."""
         if not self.gate.ping():
             return []
         if self._codes_until <= time.monotonic():
             self._codes = self.tx.run(lambda store: store.warehouse_codes())
             self._codes_until = time.monotonic() + CODES_TTL_SECONDS
+        if self.gate.server_replaced():
+            log.warning("Redis is another server now (a failover?): every warehouse is rebuilt")
+            for warehouse in self._codes:
+                self.gate.invalidate(warehouse)
         off = self.gate.not_ready(self._codes)
         for warehouse in off:
             self.request(warehouse)

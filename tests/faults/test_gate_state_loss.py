@@ -14,6 +14,7 @@ deterministic on a PRIVATE redis-server, on MariaDB and SQLite.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -25,9 +26,10 @@ from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.domain.errors import IdempotencyConflict
 from shared_lib.domain.model import IssueStock, Line, PlaceOrder, ReceiveStock, RequestMeta
 from shared_lib.services import Deps, cache, issue_stock, place_order, receive_stock
-from shared_lib.services.cache import rebuild_all, rebuild_warehouse
+from shared_lib.services.cache import GateRebuilder, rebuild_all, rebuild_warehouse
 from shared_lib.services.ports import StockStore
 from tests.conftest import PrivateRedis, seed_catalog
+from tests.support import TcpProxy, wait_until
 
 T = TypeVar("T")
 
@@ -100,3 +102,51 @@ def test_a_replay_after_the_gate_lost_its_state_answers_the_first_answer(
     assert again.replayed and again.body == first.body
     with pytest.raises(IdempotencyConflict):
         issue_stock(deps, IssueStock("W1", (Line("A", 1),), "other"), RequestMeta("issue-1"))
+
+
+def test_a_failover_to_a_replica_that_missed_writes_is_noticed_and_healed(
+    engine: sa.Engine, tx: SqlTransactions, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Redis fails over, behind the same address, to a replica that missed the last writes:
+    its levels are old and a request's marker is gone. The healer notices the new server and
+    rebuilds every warehouse: levels from the database, markers from its records."""
+    (tmp_path / "replica").mkdir()
+    replica = PrivateRedis(tmp_path / "replica")
+    replica.start()
+    try:
+        replica_client = redis.Redis(port=replica.port, socket_timeout=2)
+        replica_client.replicaof("127.0.0.1", private_redis.port)
+        with TcpProxy("127.0.0.1", private_redis.port) as proxy:
+            client = redis.Redis(port=proxy.port, socket_timeout=2)
+            gate = RedisGate(client, prefix="failover")
+            healer = GateRebuilder(tx, gate)
+            seed_catalog(engine, {"A": 0}, ("W1",))
+            deps = Deps(tx=tx, gate=gate)
+            receive_stock(deps, ReceiveStock("W1", (Line("A", 8),)), RequestMeta("opening"))
+            healer.heal()
+            healer.join()
+            assert gate.is_ready("W1")
+
+            def caught_up() -> bool:
+                master = client.info("replication")["master_repl_offset"]
+                replicated = replica_client.info("replication").get("slave_repl_offset", -1)
+                return replicated == master
+
+            wait_until(caught_up, timeout=20, what="the replica to catch up")
+            replica_client.replicaof("no", "one")  # cut off: the next writes miss it
+            issue = IssueStock("W1", (Line("A", 5),), "scrap")
+            first = issue_stock(deps, issue, RequestMeta("issue-1"))
+            proxy.retarget("127.0.0.1", replica.port)  # the failover
+            assert gate.read("W1", ["A"])["A"].available == 8  # old, but marked ready
+
+            wait_until(
+                lambda: healer.heal() == [] and gate.is_ready("W1"),
+                timeout=10,
+                what="the healer to rebuild W1",
+            )
+            healer.join()
+            assert gate.read("W1", ["A"])["A"].available == 3
+            again = issue_stock(deps, issue, RequestMeta("issue-1"))
+            assert again.replayed and again.body == first.body
+    finally:
+        replica.stop()
