@@ -47,6 +47,23 @@ class ReconcileMemoryGate(MemoryGate):
     def skus(self, warehouse: str) -> Iterator[str]:
         yield from sorted(sku for wh, sku in list(self.levels) if wh == warehouse)
 
+    def held_drift(
+        self, warehouse: str, skus: Sequence[str], *, repair: bool
+    ) -> list[tuple[str, int, int]]:
+        expected: dict[str, int] = {}
+        for (wh, _), lines in self.holds.items():
+            if wh == warehouse:
+                for sku, qty in lines.items():
+                    expected[sku] = expected.get(sku, 0) + qty
+        found = []
+        for sku in skus:
+            level = self.levels.get((warehouse, sku))
+            if level is not None and level["hd"] != expected.get(sku, 0):
+                found.append((sku, level["hd"], expected.get(sku, 0)))
+                if repair:
+                    level["hd"] = expected.get(sku, 0)
+        return found
+
     def repair(self, warehouse: str, fixes: Sequence[tuple[int | None, Level]]) -> int:
         if self.before_repair is not None:
             self.before_repair()

@@ -174,6 +174,7 @@ class RedisGate:
         self._cancel = client.register_script(_lua("cancel_hold.lua"))
         self._forget = client.register_script(_FORGET)
         self._epoch = client.register_script(_EPOCH)
+        self._repair_held = client.register_script((LUA / "repair_held.lua").read_text())
         self._repair = client.register_script((LUA / "repair.lua").read_text())
         self._mark_ready = client.register_script(_MARK_READY)
         self._generation = client.register_script(_GENERATION)
@@ -500,6 +501,20 @@ class RedisGate:
         prefix = f"{self.tag(warehouse)}:lvl:"
         for key in self.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
             yield _text(key)[len(prefix) :]
+
+    def held_drift(
+        self, warehouse: str, skus: Sequence[str], *, repair: bool
+    ) -> list[tuple[str, int, int]]:
+        """(sku, held, expected) for each of ``skus`` whose held count differs from the
+        holds that exist; set right when ``repair``."""
+        if not skus:
+            return []
+        tag = self.tag(warehouse)
+        keys = [f"{tag}:holds", *(self.level_key(warehouse, sku) for sku in skus)]
+        reply = self._repair_held(keys=keys, args=[tag, "1" if repair else "0", *skus])
+        return [
+            (_text(reply[i]), int(reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)
+        ]
 
     def repair(self, warehouse: str, fixes: Sequence[tuple[int | None, Level]]) -> int:
         """Overwrite levels whose gate version is still the one seen; returns how many."""

@@ -20,6 +20,8 @@ on the stores' round trips, which so overlap.
 * ``gate_not_ready``: the warehouse is off the fast path (flushed, invalidated, new) and this
   run did not bring it back (repair off, or another process is rebuilding it). One that the
   run rebuilds is not drift - nothing differed in stock - and counts in ``gates_rebuilt``.
+* ``gate_held_mismatch``: a level's held count is not the sum of the holds that exist (a
+  hold counted twice, or given back twice); repaired by setting it to that sum.
 * ``gate_orphan``: a gate level with no database balance; reported only.
 * ``ledger_mismatch``: the balance differs from the sum of its ledger. Never repaired: the
   record itself is inconsistent and needs a person.
@@ -64,6 +66,7 @@ RUNNING, FINISHED, FAILED = "running", "finished", "failed"
 GATE_MISSING = "gate_missing"
 GATE_MISMATCH = "gate_mismatch"
 GATE_NOT_READY = "gate_not_ready"
+GATE_HELD = "gate_held_mismatch"
 GATE_ORPHAN = "gate_orphan"
 LEDGER_MISMATCH = "ledger_mismatch"
 
@@ -192,6 +195,12 @@ class ReconcileGate(MaintainedGate, Protocol):
         """Overwrite levels whose gate version is still the one seen; returns how many."""
         ...
 
+    def held_drift(
+        self, warehouse: str, skus: Sequence[str], *, repair: bool
+    ) -> list[tuple[str, int, int]]:
+        """(sku, held, expected) where a level's held count is not the holds that exist."""
+        ...
+
 
 class ReportStore(Protocol):
     def put(
@@ -217,6 +226,8 @@ class Drift:
     gate_version: int | None = None
     ledger_on_hand: int | None = None
     ledger_reserved: int | None = None
+    gate_held: int | None = None
+    expected_held: int | None = None
     repaired: bool = False
 
 
@@ -484,6 +495,18 @@ def _check_page(
             drift.add(_ledger_drift(balance))
     if gate is not None:
         drift.add_all(compare_gate(records, gate, warehouse, page, repair))
+        skus = [balance.level.sku for balance in page]
+        for sku, held, expected in gate.held_drift(warehouse, skus, repair=repair):
+            drift.add(
+                Drift(
+                    GATE_HELD,
+                    warehouse,
+                    sku,
+                    gate_held=held,
+                    expected_held=expected,
+                    repaired=repair,
+                )
+            )
 
 
 def _balance_pages(

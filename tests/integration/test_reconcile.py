@@ -521,3 +521,32 @@ def test_live_traffic_during_a_run_shows_no_ledger_drift(
     after = run(deps, records, gate, reports, key="quiet", repair=False)
     assert after["drift_found"] == 0
     assert_invariants(engine, gate)
+
+
+def test_a_held_count_that_drifted_is_found_and_set_right(
+    deps: Deps,
+    engine: sa.Engine,
+    records: SqlReconcileStore,
+    gate: RedisGate,
+    redis_client: redis.Redis,
+    reports: LocalReports,
+) -> None:
+    """A level's held count that is not the holds that exist (here: 5 units counted with no
+    hold behind them, as a hold given back once but counted twice leaves it) makes the gate
+    refuse stock it has, for good: nothing but reconcile sets it right."""
+    gate.try_hold("W1", "live", "fp", [Line("A", 2)], 60_000)  # a real, live hold
+    redis_client.hincrby(gate.level_key("W1", "A"), "hd", 5)
+    assert gate.read("W1", ["A"])["A"].held == 7
+
+    looked = run(deps, records, gate, reports, key="look", repair=False)
+    assert looked["drift_found"] >= 1 and gate.read("W1", ["A"])["A"].held == 7
+    result = run(deps, records, gate, reports, key="fix")
+
+    summary, _ = local_report(result["report_uri"])
+    held = [r for r in summary["drift"] if r["kind"] == "gate_held_mismatch"]
+    assert [(r["sku"], r["gate_held"], r["expected_held"], r["repaired"]) for r in held] == [
+        ("A", 7, 2, True)
+    ]
+    assert gate.read("W1", ["A"])["A"].held == 2  # the live hold stays counted
+    gate.cancel_hold("W1", "live")
+    assert gate.read("W1", ["A"])["A"].held == 0

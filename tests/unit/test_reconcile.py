@@ -216,6 +216,8 @@ def test_a_ledger_mismatch_is_reported_and_never_repaired(
             "gate_version": None,
             "ledger_on_hand": 7,
             "ledger_reserved": 0,
+            "gate_held": None,
+            "expected_held": None,
             "repaired": False,
         }
     ]
