@@ -311,8 +311,9 @@ class StockMachine(RuleBasedStateMachine):
         self.prefix = f"psip{uuid.uuid4().hex[:10]}"
         self.gate = RedisGate(self.client, prefix=self.prefix)
         rebuild_all(self.tx, self.gate)
-        # no background rebuilds: a warehouse is rebuilt when a rule says so (deterministic)
-        self.deps = Deps(tx=self.tx, gate=self.gate)
+        # no background rebuilds: a warehouse is rebuilt when a rule says so (deterministic);
+        # orders go through group commit, as in production (each leads its own batch here)
+        self.deps = Deps(tx=self.tx, gate=self.gate, journal=self.gate)
         self.failing = Deps(tx=FailingTransactions(self.tx), gate=self.gate, read_tx=self.tx)
         self.model = Model()
         self.calls: list[Call] = []
