@@ -535,6 +535,13 @@ def check_answers(env: FaultEnv, ops: list[Op], tag: str) -> list[str]:
                 problems.append(f"{op.kind} {op.key}: refused ({op.final.status}) but recorded")
             if op.kind == "place" and op.order_id in statuses:
                 problems.append(f"order {op.order_id} refused but exists")
+        elif op.final.status is not None and not op.final.ambiguous and op.key in records:
+            # a 503 means "retry with the same key": the retry's definitive answer must be
+            # the truth, and an earlier attempt did commit
+            problems.append(
+                f"{op.kind} {op.key}: retried after an attempt without an answer to "
+                f"{op.final.status} {op.final.code}, but it had committed"
+            )
         if op.kind != "place":
             continue
         oid = op.order_id
@@ -561,6 +568,29 @@ def check_answers(env: FaultEnv, ops: list[Op], tag: str) -> list[str]:
     for oid in set(statuses) - placed:
         if oid.startswith(f"{tag}-o"):
             problems.append(f"order {oid} exists but no client placed it")
+    return problems
+
+
+def check_replays(env: FaultEnv, ops: list[Op], most: int = 60) -> list[str]:
+    """After the fault, a replay of a request that succeeded gets the same status and body,
+    marked as a replay (the gate may have lost its markers meanwhile)."""
+    problems: list[str] = []
+    with http() as session:
+        for op in [op for op in ops if op.succeeded][:most]:
+            reply = session.post(
+                env.url(op.function, op.path),
+                json=op.body,
+                headers={"Idempotency-Key": op.key},
+                timeout=HTTP_TIMEOUT,
+            )
+            body = reply.json() if reply.content else None
+            if (reply.status_code, body) != (op.final.status, op.final.body):
+                problems.append(
+                    f"{op.kind} {op.key}: replay answered {reply.status_code} {body}, "
+                    f"first {op.final.status} {op.final.body}"
+                )
+            elif reply.headers.get("Idempotent-Replayed") != "true":
+                problems.append(f"{op.kind} {op.key}: replay not marked Idempotent-Replayed")
     return problems
 
 
@@ -741,6 +771,7 @@ def verify(env: FaultEnv, result: RunResult, tag: str) -> dict[str, list[str]]:
         report["reconcile"].append(f"reconcile checked nothing: {answer}")
     report["balances"] = check_balances(env)
     report["answers"] = check_answers(env, result.ops, tag)
+    report["replays"] = check_replays(env, result.ops)
     report["gate"] = check_gate(env)
     report["outbox"] = drain_outbox(env, tag)
     report["events"] = check_events(env)
