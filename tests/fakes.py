@@ -88,15 +88,15 @@ class FakeStore:
         self.s.levels.setdefault((warehouse, sku), Level(sku, warehouse, 0, 0, 0))
 
     def recent_requests(
-        self, warehouse: str, since: datetime, after_key: str | None, limit: int
+        self, warehouse: str, since: datetime, after: tuple[datetime, str] | None, limit: int
     ) -> list[tuple[str, str, datetime]]:
         touched = {m["idempotency_key"] for m in self.s.movements if m["warehouse"] == warehouse}
-        keys = sorted(
-            k
+        found = sorted(
+            (at, k)
             for k, at in self.s.recorded_at.items()
-            if at >= since and k in touched and (after_key is None or k > after_key)
+            if at >= since and k in touched and (after is None or (at, k) > after)
         )
-        return [(k, self.s.records[k][0], self.s.recorded_at[k]) for k in keys[:limit]]
+        return [(k, self.s.records[k][0], at) for at, k in found[:limit]]
 
     def levels_page(self, warehouse: str, after_sku: str | None, limit: int) -> list[Level]:
         rows = sorted(

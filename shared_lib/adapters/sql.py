@@ -292,20 +292,30 @@ class SqlStore:
         return [_level(r) for r in self.conn.execute(query.order_by(s.c.sku).limit(limit))]
 
     def recent_requests(
-        self, warehouse: str, since: datetime, after_key: str | None, limit: int
+        self, warehouse: str, since: datetime, after: tuple[datetime, str] | None, limit: int
     ) -> list[tuple[str, str, datetime]]:
-        """Recorded requests since ``since`` that changed a level of the warehouse, by key."""
+        """Recorded requests since ``since`` that changed a level of the warehouse, in the
+        order of the ``created_at`` index (a keyset page after ``after``: time, key)."""
         r, m = t.idempotency_records, t.movements
         touched = sa.exists().where(
             m.c.idempotency_key == r.c.idempotency_key, m.c.warehouse == warehouse
         )
-        query = sa.select(r.c.idempotency_key, r.c.fingerprint, r.c.created_at).where(
-            r.c.created_at >= since, touched
-        )
-        if after_key is not None:
-            query = query.where(r.c.idempotency_key > after_key)
-        rows = self.conn.execute(query.order_by(r.c.idempotency_key).limit(limit))
-        return [(row.idempotency_key, row.fingerprint, row.created_at) for row in rows]
+        query = sa.select(r.c.idempotency_key, r.c.fingerprint, r.c.created_at).where(touched)
+        if after is None:
+            query = query.where(r.c.created_at >= since)
+        else:
+            at, key = after
+            query = query.where(
+                sa.or_(
+                    r.c.created_at > at,
+                    sa.and_(r.c.created_at == at, r.c.idempotency_key > key),
+                )
+            )
+        query = query.order_by(r.c.created_at, r.c.idempotency_key).limit(limit)
+        return [
+            (row.idempotency_key, row.fingerprint, row.created_at)
+            for row in self.conn.execute(query)
+        ]
 
     def warehouse_codes(self) -> list[str]:
         w = t.warehouses

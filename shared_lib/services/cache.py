@@ -54,7 +54,7 @@ def restore_markers(tx: Transactions, gate: MaintainedGate, warehouse: str) -> i
             warehouse, [(request_id(key), fingerprint, at) for key, fingerprint, at in page]
         )
         restored += len(page)
-        after = page[-1][0]
+        after = (page[-1][2], page[-1][0])
 
 
 def rebuild_all(tx: Transactions, gate: MaintainedGate, *, invalidate: bool = True) -> int:
