@@ -32,8 +32,8 @@ SECRET_FIELDS = ("database_url", "database_read_url", "redis_url", "api_keys", "
 TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-# how far the clocks of the functions and Redis may differ; group commit keeps this margin
-CLOCK_MARGIN_MS = 2_000
+# what an order's hold must still have when its batch is taken: the time of the write
+HOLD_MARGIN_MS = 2_000
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 Parse = Callable[[Any], Any]
@@ -216,12 +216,12 @@ class Settings:
                 object.__setattr__(self, spec.name, value)
             except ValueError as exc:
                 problems[spec.name] = str(exc)
-        if not problems and 2 * self.group_commit_wait_ms + CLOCK_MARGIN_MS > self.gate_hold_ms:
+        if not problems and 2 * self.group_commit_wait_ms + HOLD_MARGIN_MS > self.gate_hold_ms:
             # an order waits for its batch at most twice the wait; its hold must outlast that
-            # (and the clocks' margin), or a batch would find it late and not write it
-            longest = (self.gate_hold_ms - CLOCK_MARGIN_MS) // 2
+            # (and the write), or a batch would find it late and not write it
+            longest = (self.gate_hold_ms - HOLD_MARGIN_MS) // 2
             problems["group_commit_wait_ms"] = (
-                f"must be at most {longest}: (PSI_GATE_HOLD_MS - {CLOCK_MARGIN_MS}) / 2"
+                f"must be at most {longest}: (PSI_GATE_HOLD_MS - {HOLD_MARGIN_MS}) / 2"
             )
         if problems:
             named = [f"{ENV_PREFIX}{name.upper()}: {text}" for name, text in problems.items()]

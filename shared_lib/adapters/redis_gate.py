@@ -294,11 +294,19 @@ class RedisGate:
     def take(self, warehouse: str, owner: str, limit: int, lead_ms: int) -> Taken | None:
         """The next batch (`<request id> <entry>` strings) with its fencing token, or None
         if `owner` does not lead."""
-        keys = [*self._journal_keys(warehouse, owner), self._fence_key(warehouse, owner)]
+        keys = [
+            *self._journal_keys(warehouse, owner),
+            self._fence_key(warehouse, owner),
+            f"{self.tag(warehouse)}:holds",
+        ]
         items = self._journal_call(warehouse, self._take, keys, [owner, limit, lead_ms])
         if items is None:
             return None
-        return Taken(int(items[0]), [_text(item) for item in items[1:]])
+        entries = [_text(item) for item in items[1::2]]
+        left = {
+            entry.partition(" ")[0]: int(ms) for entry, ms in zip(entries, items[2::2], strict=True)
+        }
+        return Taken(int(items[0]), entries, left)
 
     def complete(
         self,

@@ -30,12 +30,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 from shared_lib import topics
-from shared_lib.config import CLOCK_MARGIN_MS
+from shared_lib.config import HOLD_MARGIN_MS
 from shared_lib.domain import events
 from shared_lib.domain.errors import (
     IdempotencyConflict,
@@ -235,11 +235,6 @@ def flush(
     pendings: list[Pending] = []
     results: dict[str, Result] = {}
     late: list[Pending] = []
-    # an entry near the end of its hold may have been given up by its waiter and its units
-    # returned by the gate: it must not commit behind everyone's back. The clocks of the
-    # enqueuing process, this one and Redis may differ: a margin keeps the rule on the safe
-    # side (a late entry is answered 503 and its retry learns the outcome)
-    late_before = deps.clock() - timedelta(milliseconds=deps.gate_hold_ms - CLOCK_MARGIN_MS)
     for text in texts:
         req, _, payload = text.partition(" ")
         try:
@@ -248,7 +243,12 @@ def flush(
             log.error("unreadable journal entry %s dropped: %s", req, exc)
             results[req] = Result(error=StoreUnavailable("order journal"))
             continue
-        (late if pending.at < late_before else pendings).append(pending)
+        # an entry whose hold is (nearly) over may have been given up by its waiter and its
+        # units returned by the gate: it must not commit behind everyone's back. Its hold is
+        # judged by the gate's own clock, and must outlast the write (a late entry is
+        # answered 503, and its retry learns the outcome)
+        left = taken.hold_left_ms.get(req, -1)
+        (late if left < HOLD_MARGIN_MS else pendings).append(pending)
     results.update(_late(deps, late))
     found, levels = persist(deps, warehouse, pendings, work_of)
     results.update(found)

@@ -164,10 +164,12 @@ class JournalAnswer:
 
 @dataclass(frozen=True)
 class Taken:
-    """A batch the flush leader took: its fencing token and the entries."""
+    """A batch the flush leader took: its fencing token, the entries, and what is left of
+    each entry's hold (ms by the gate's clock, by request id; below 0: nothing)."""
 
     token: int
     entries: list[str]
+    hold_left_ms: dict[str, int] = field(default_factory=dict)
 
 
 class StockGate(Protocol):

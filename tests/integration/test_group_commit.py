@@ -18,6 +18,7 @@ from sqlalchemy import event
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.sql import SqlTransactions
+from shared_lib.config import HOLD_MARGIN_MS
 from shared_lib.domain.errors import RequestInProgress, StoreUnavailable
 from shared_lib.domain.model import Line, Order, OrderStatus, PlaceOrder, RequestMeta, utcnow
 from shared_lib.services import Deps, Outcome, place_order
@@ -49,9 +50,10 @@ def pending(order_id: str, qty: int = 1, *, age_s: float = 0) -> Pending:
     return Pending(order, RequestMeta(f"key-{order_id}", "tester"), fingerprint, at)
 
 
-def enqueue(gate: RedisGate, p: Pending, lead_ms: int = LEAD_MS) -> bool:
+def enqueue(gate: RedisGate, p: Pending, lead_ms: int = LEAD_MS, hold_ms: int = 30_000) -> bool:
     """Journal an order as place_order does, without waiting; True if it leads."""
-    held = gate.enqueue("W1", p.request, p.fingerprint, p.order.lines, 30_000, p.encode(), lead_ms)
+    lines = p.order.lines
+    held = gate.enqueue("W1", p.request, p.fingerprint, lines, hold_ms, p.encode(), lead_ms)
     assert held.answer is GateAnswer.HELD
     return held.lead
 
@@ -146,9 +148,7 @@ def test_an_entry_that_outlived_its_hold_never_commits(
     deps: Deps, engine: sa.Engine, gate: RedisGate
 ):
     old, fresh = same_shard(gate, 2)
-    old = pending(old.order.order_id, age_s=60)  # older than the 30 s hold
-    assert gate._shard(old.request) == gate._shard(fresh.request)
-    enqueue(gate, old)
+    enqueue(gate, old, hold_ms=HOLD_MARGIN_MS - 500)  # too little hold left to be written in
     enqueue(gate, fresh)
     answers = flush_as(deps, gate, old)
     assert "store_unavailable" in answers[old.request]
@@ -363,8 +363,9 @@ def test_a_waiter_whose_leader_is_stuck_in_its_write_is_told_the_truth(
         shard = next(s for s in shards if gate.client.llen(f"{tag}:journal:{s}"))
         gate.client.set(f"{tag}:lead:{shard}", "ghost", px=60_000)
         keys = [f"{tag}:lead:{shard}", f"{tag}:journal:{shard}", f"{tag}:inflight:{shard}"]
-        items = gate._take(keys=[*keys, f"{tag}:fence:{shard}"], args=["ghost", 100, 60_000])
-        ghost.append(Taken(int(items[0]), [item.decode() for item in items[1:]]))
+        keys += [f"{tag}:fence:{shard}", f"{tag}:holds"]
+        items = gate._take(keys=keys, args=["ghost", 100, 60_000])
+        ghost.append(Taken(int(items[0]), [item.decode() for item in items[1::2]]))
 
     taker = threading.Thread(target=the_ghost_takes_it)
     taker.start()
@@ -388,8 +389,8 @@ def test_a_late_entry_that_did_commit_is_answered_with_its_first_answer(
     """A dead leader committed its batch; the batch is taken over only after its holds ran
     out. The idempotency record decides before the age rule: the orders are answered with
     their first answers, not 503."""
-    late = pending("slow", age_s=60)
-    enqueue(gate, late)
+    late = pending("slow")
+    enqueue(gate, late, hold_ms=100)  # well inside the margin: late when its batch is taken
     persist(deps, "W1", [late], lambda q: _reserve(deps, q))  # the dead leader's commit
     answers = flush_as(deps, gate, late)
     assert '"replayed":true' in answers[late.request] and "slow" in answers[late.request]
