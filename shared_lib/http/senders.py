@@ -105,6 +105,7 @@ class OidcVerifier:
         import jwt
 
         issuer, keys = self._provider()
+        keys.headers = self._request_headers()  # service-account tokens rotate: the current one
         try:
             key = keys.get_signing_key_from_jwt(token)
         except jwt.PyJWKClientConnectionError as exc:
