@@ -56,6 +56,7 @@ log = logs.get_logger(__name__)
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
 HEALTH_PATHS = ("/health/live", "/health/ready", "/_/health", "/_/ready")
 RAW_BODY = "psi.raw_body"
+DRAIN_CHUNK = 64 * 1024
 ROUTE = "psi.route"
 # set once a platform's sender is authenticated and the delivery is for this route's topic
 SENDER = "psi.sender"
@@ -69,6 +70,13 @@ def _record_headers(request: flask.Request) -> dict[str, str]:
         for name, value in request.headers.items()
         if name.lower().startswith("x-kafka-") and name[len("X-Kafka-") :].lower() not in envelope
     }
+
+
+def _remove_framework_drain() -> None:
+    """functions-framework registers ``read_request`` (request.get_data() after every
+    response, to avoid resets on early answers); FunctionApp drains bounded instead."""
+    funcs = flask.current_app.after_request_funcs.get(None, [])
+    funcs[:] = [f for f in funcs if getattr(f, "__name__", "") != "read_request"]
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,7 @@ class FunctionApp:
             raise SystemExit(2) from None
         logs.configure(self.settings.log_level)
         self._platform: Platform | None = None
+        self._drain_hook_removed = False
         metrics.register_function(name, uses_gate=needs_redis)
 
     @property
@@ -261,7 +270,28 @@ class FunctionApp:
                 error=error,
             )
         reply.headers.setdefault("X-Request-Id", request_id)
+        self._discard_unread_body(request, reply)
         return self._respond(reply)
+
+    def _discard_unread_body(self, request: flask.Request, reply: Reply) -> None:
+        """What a caller sent and nobody read (a refused request's body) is read and
+        dropped in chunks, up to PSI_MAX_BODY_BYTES; past that the connection is closed
+        instead. functions-framework's own after-request hook would read all of it into
+        memory, whoever sent it: it is taken off the app once."""
+        if not self._drain_hook_removed:
+            _remove_framework_drain()
+            self._drain_hook_removed = True
+        left = self.settings.max_body_bytes
+        try:
+            while left > 0:
+                chunk = request.stream.read(min(DRAIN_CHUNK, left))
+                if not chunk:
+                    return
+                left -= len(chunk)
+            if request.stream.read(1):
+                reply.headers["Connection"] = "close"
+        except (OSError, ValueError):  # the caller went away mid-body
+            reply.headers["Connection"] = "close"
 
     def _respond(self, reply: Reply) -> flask.Response:
         if isinstance(reply.body, bytes | str):
