@@ -243,10 +243,7 @@ class RedisGate:
         args: list[Any] = [tag, request_id, fingerprint, hold_ms]
         args += [ln.sku for ln in lines] + [ln.qty for ln in lines] + list(journal)
         try:
-            if warehouse in self._stale:
-                self.invalidate(warehouse)
-                with self._lock:
-                    self._stale.discard(warehouse)
+            if self._invalidate_if_stale(warehouse):
                 return HoldResult(GateAnswer.NOT_READY)
             reply = self._try_hold(keys=keys, args=args)
         except UNREACHABLE as exc:
@@ -439,15 +436,23 @@ class RedisGate:
         replid = self.client.info("replication").get("master_replid", "")
         return bool(int(self._epoch(keys=[f"{self.prefix}:epoch"], args=[str(replid)])))
 
+    def _invalidate_if_stale(self, warehouse: str) -> bool:
+        """A warehouse whose settles this process could not deliver goes off the fast path
+        once Redis answers again (True when it was stale)."""
+        if warehouse not in self._stale:
+            return False
+        self.invalidate(warehouse)
+        with self._lock:
+            self._stale.discard(warehouse)
+        return True
+
     def not_ready(self, warehouses: Sequence[str]) -> list[str]:
         """Those of ``warehouses`` off the fast path, in one round trip; a warehouse whose
         settles this process could not deliver is invalidated first."""
         with self._lock:
-            stale = set(self._stale)
+            stale = list(self._stale)
         for warehouse in stale:
-            self.invalidate(warehouse)
-            with self._lock:
-                self._stale.discard(warehouse)
+            self._invalidate_if_stale(warehouse)
         with self.client.pipeline(transaction=False) as pipe:
             for warehouse in warehouses:
                 pipe.exists(f"{self.tag(warehouse)}:ready")

@@ -40,7 +40,9 @@ from shared_lib.http.delivery import (
     final_status,
     identity_key,
     legacy_key,
+    record_identity,
     record_key,
+    record_position,
     shape_of,
     topic_of_source,
 )
@@ -85,11 +87,6 @@ class Sender:
 
     platform: str
     topic: str  # the route's own topic: the only one a letter may name
-
-
-def _int_header(request: flask.Request, name: str) -> int | None:
-    value = request.headers.get(name, "")
-    return int(value) if value.isdigit() and len(value) <= 19 else None
 
 
 @dataclass
@@ -453,11 +450,10 @@ class FunctionApp:
         from shared_lib.topics import DEAD_LETTER
 
         payload = request.environ.get(RAW_BODY, b"")
-        partition = _int_header(request, "X-Kafka-Partition")
-        offset = _int_header(request, "X-Kafka-Offset")
+        partition, offset = record_position(request.headers)
         record = None
         if partition is not None and offset is not None:
-            record = identity_key(f"kafka:{sender.topic}", f"{partition}/{offset}")
+            record = identity_key(*record_identity(sender.topic, partition, offset))
         letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, record) if record else uuid.uuid4())
         ref = None
         if len(payload) > MAX_EXCERPT_BYTES:

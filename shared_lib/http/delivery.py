@@ -130,7 +130,7 @@ def topic_of_source(source: str | None) -> str | None:
     return None
 
 
-def _int(headers: Mapping[str, str], name: str) -> int | None:
+def int_header(headers: Mapping[str, str], name: str) -> int | None:
     value = headers.get(name, "")
     return int(value) if value.isdigit() and len(value) <= 19 else None
 
@@ -167,8 +167,8 @@ def _knative(headers: Mapping[str, str], raw: bytes) -> Delivery:
         source,
         event_id,
         data,
-        partition=_int(headers, "ce-knativekafkapartition"),
-        offset=_int(headers, "ce-knativekafkaoffset"),
+        partition=int_header(headers, "ce-knativekafkapartition"),
+        offset=int_header(headers, "ce-knativekafkaoffset"),
         key=headers.get("ce-key"),
         legacy_key=event_id,
         event_type=event_type,
@@ -186,11 +186,21 @@ def record_key(headers: Mapping[str, str]) -> str | None:
         return key
 
 
+def record_position(headers: Mapping[str, str]) -> tuple[int | None, int | None]:
+    """The partition and offset kafka-connector names, when it does."""
+    return int_header(headers, "X-Kafka-Partition"), int_header(headers, "X-Kafka-Offset")
+
+
+def record_identity(topic: str, partition: int, offset: int) -> tuple[str, str]:
+    """A plain record's identity, as a (source, id) pair: its topic, partition and offset."""
+    return f"kafka:{topic}", f"{partition}/{offset}"
+
+
 def _openfaas(headers: Mapping[str, str], raw: bytes) -> Delivery:
     topic = headers["X-Topic"]
-    partition, offset = _int(headers, "X-Kafka-Partition"), _int(headers, "X-Kafka-Offset")
+    partition, offset = record_position(headers)
     record_type = headers.get("X-Kafka-Content-Type", "").split(";")[0].strip().lower()
-    event_type = None
+    event_type = legacy = None
     if record_type == CLOUDEVENTS_JSON:  # the record is a structured CloudEvent
         source, event_id, data, event_type = _structured(raw)
     elif headers.get("X-Kafka-Ce_specversion") and headers.get("X-Kafka-Ce_id"):
@@ -199,11 +209,11 @@ def _openfaas(headers: Mapping[str, str], raw: bytes) -> Delivery:
             raise DeliveryError("X-Kafka-Ce_source", "a CloudEvent record needs ce_source")
         data, event_type = decode_json(raw, "body"), headers.get("X-Kafka-Ce_type")
     elif partition is not None and offset is not None:  # a plain record
-        source, event_id = f"kafka:{topic}", f"{partition}/{offset}"
+        source, event_id = record_identity(topic, partition, offset)
         data = decode_json(raw, "body")
+        legacy = f"{topic}:{partition}:{offset}"  # what releases before 0.2 recorded
     else:  # cron-connector: no record behind the call
         return Delivery(OPENFAAS, topic, None, None, decode_json(raw, "body"))
-    legacy = f"{topic}:{partition}:{offset}" if source == f"kafka:{topic}" else event_id
     return Delivery(
         OPENFAAS,
         topic,
@@ -213,7 +223,7 @@ def _openfaas(headers: Mapping[str, str], raw: bytes) -> Delivery:
         partition=partition,
         offset=offset,
         key=record_key(headers),
-        legacy_key=legacy,
+        legacy_key=legacy or event_id,
         event_type=event_type,
     )
 
