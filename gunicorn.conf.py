@@ -7,9 +7,14 @@ in-flight requests get up to ``graceful_timeout`` seconds to finish, then every 
 closes its pools (``shared_lib.bootstrap.shutdown``) in ``worker_exit`` before it exits.
 Keep ``graceful_timeout`` below the pod's ``terminationGracePeriodSeconds`` (30 s default).
 
+Workers are gevent's (shared_lib.serving.Worker): one greenlet per connection, so slow or
+stalled clients cost memory, not threads, and cannot keep health checks or other callers
+waiting; every connection's reads time out after GUNICORN_READ_TIMEOUT seconds.
+
 Knobs (all optional; the names are listed in tests/deploy/manifests.py RUNTIME_ENV):
-PORT, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_TIMEOUT, GUNICORN_GRACEFUL_TIMEOUT,
-GUNICORN_SHUTDOWN_HOOK ("module:function", default shared_lib.bootstrap:shutdown).
+PORT, WEB_CONCURRENCY, GUNICORN_WORKER_CONNECTIONS, GUNICORN_READ_TIMEOUT, GUNICORN_TIMEOUT,
+GUNICORN_GRACEFUL_TIMEOUT, GUNICORN_SHUTDOWN_HOOK ("module:function", default
+shared_lib.bootstrap:shutdown).
 Gunicorn's own GUNICORN_CMD_ARGS still overrides anything here (tests bind to loopback so).
 """
 
@@ -24,10 +29,11 @@ DEFAULT_SHUTDOWN_HOOK = "shared_lib.bootstrap:shutdown"
 SHUTDOWN_HOOK = os.environ.get("GUNICORN_SHUTDOWN_HOOK", "").strip() or DEFAULT_SHUTDOWN_HOOK
 
 bind = [f"0.0.0.0:{int(os.environ.get('PORT', '8080'))}"]
-# Threads, not processes, carry concurrency: pools are per process and the work is I/O.
-worker_class = "gthread"
+# Greenlets, not processes, carry concurrency: pools are per process and the work is I/O.
+worker_class = "shared_lib.serving.Worker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# connections a worker serves at once, kept-alive and slow ones included
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "64"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "25"))
 keepalive = 5

@@ -196,6 +196,10 @@ class Settings:
     gate_hold_ms: int = field(default=30_000, metadata=_check(_integer(100, 3_600_000)))
     idempotency_ttl_seconds: int = field(default=86_400, metadata=_check(_integer(60)))
     max_body_bytes: int = field(default=1_048_576, metadata=_check(_integer(1024)))
+    # a body must arrive whole within this (under gunicorn's gevent worker)
+    body_timeout_seconds: float = field(
+        default=30.0, metadata=_check(_seconds(0, 600, low_allowed=False))
+    )
     redis_timeout_seconds: float = field(
         default=0.5, metadata=_check(_seconds(0, 30, low_allowed=False))
     )

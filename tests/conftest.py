@@ -58,13 +58,17 @@ def redis_server() -> str:
     return REDIS_SERVER
 
 
-def create_mysql_database(server: str) -> str:
+def create_empty_mysql_database(server: str) -> str:
     name = f"psi_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(server + "/")
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
     admin.dispose()
-    url = f"{server}/{name}?charset=utf8mb4"
+    return f"{server}/{name}?charset=utf8mb4"
+
+
+def create_mysql_database(server: str) -> str:
+    url = create_empty_mysql_database(server)
     schema.upgrade(url)
     return url
 
@@ -75,6 +79,18 @@ def drop_mysql_database(server: str, url: str) -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema yet, on SQLite and on MariaDB."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    server = request.getfixturevalue("mysql_server")
+    url = create_empty_mysql_database(server)
+    yield url
+    drop_mysql_database(server, url)
 
 
 @pytest.fixture(params=["mysql", "sqlite"])

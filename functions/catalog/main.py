@@ -95,7 +95,7 @@ app = FunctionApp(
             "Create a product (201) or replace all its fields (200)",
             body="ProductBody",
             created=True,
-            responses={201: "Created; 200 when an existing product was replaced"},
+            responses={201: "Created", 200: "An existing product was replaced"},
         ),
         Route("GET", "/products/{sku}", show_product, "stock:read", "One product"),
         Route(
@@ -122,7 +122,7 @@ app = FunctionApp(
             "Create a warehouse (201) or rename it (200)",
             body="WarehouseBody",
             created=True,
-            responses={201: "Created; 200 when an existing warehouse was renamed"},
+            responses={201: "Created", 200: "An existing warehouse was renamed"},
         ),
         Route("GET", "/warehouses/{code}", show_warehouse, "stock:read", "One warehouse"),
     ],

@@ -1,11 +1,16 @@
 """reconcile: compare Redis, MySQL balances and the ledger; repair drift; expire holds.
 
 Triggered nightly (psi.reconcile.requested from PingSource/KafkaSink, or OpenFaaS
-cron-connector's cron-function topic) and by hand over HTTP. One effective run per run key.
+cron-connector's cron-function topic) and by hand over HTTP. One effective run per run key:
+asking again for a finished run key answers its result (Idempotent-Replayed), asking for it
+with the other ``repair`` is refused (409). An Idempotency-Key names one request, as for
+every mutation: the same key with another body is refused (409).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import TYPE_CHECKING
 
 import flask
@@ -13,8 +18,9 @@ import functions_framework
 
 from shared_lib import topics
 from shared_lib.domain.model import utcnow
-from shared_lib.http import Call, FunctionApp, Reply, Route
+from shared_lib.http import Call, FunctionApp, Route
 from shared_lib.http.delivery import CRON_TOPIC
+from shared_lib.services.guard import Outcome, answer_once, derived_id
 
 if TYPE_CHECKING:
     from shared_lib.http.schemas import ReconcileBody
@@ -27,12 +33,23 @@ def run_key_of(call: Call) -> str:
         return body.run_key
     if call.delivery is not None and call.delivery.scheduled:
         return f"nightly-{utcnow().date().isoformat()}"
-    return call.meta.idempotency_key
+    return derived_id("run", call.meta.idempotency_key)
 
 
-def run(call: Call) -> Reply:
-    result = call.platform.reconcile(run_key_of(call), repair=call.body.repair)
-    return Reply(200, result)
+def run(call: Call) -> Outcome:
+    from shared_lib.services.reconcile import StoredAnswer
+
+    run_key, repair = run_key_of(call), call.body.repair
+    request = {"kind": "reconcile", "run_key": run_key, "repair": repair}
+    fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+    def produce() -> tuple[dict[str, object], bool]:
+        result = call.platform.reconcile(run_key, repair=repair)
+        return result, isinstance(result, StoredAnswer)
+
+    return answer_once(
+        call.platform.deps, call.meta.idempotency_key, fingerprint, "reconcile", produce
+    )
 
 
 app = FunctionApp(
@@ -47,7 +64,6 @@ app = FunctionApp(
             body="ReconcileBody",
             topic=topics.RECONCILE_REQUESTED,
             also_topics=(CRON_TOPIC,),
-            key_required=False,
         ),
     ],
     description="Nightly reconciliation of the Redis gate, the balances and the ledger.",

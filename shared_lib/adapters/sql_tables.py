@@ -83,7 +83,7 @@ movements = sa.Table(
     sa.Column("reference", sa.String(100)),
     sa.Column("order_id", sa.String(64)),
     sa.Column("actor", sa.String(100)),
-    sa.Column("idempotency_key", sa.String(200)),
+    sa.Column("idempotency_key", sa.String(255)),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.ForeignKeyConstraint(["warehouse", "sku"], ["stock_levels.warehouse", "stock_levels.sku"]),
     sa.Index(None, "warehouse", "sku", "id"),
@@ -150,7 +150,7 @@ processed_events = sa.Table(
 idempotency_records = sa.Table(
     "idempotency_records",
     metadata,
-    sa.Column("idempotency_key", sa.String(200), primary_key=True),
+    sa.Column("idempotency_key", sa.String(255), primary_key=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("response", Json, nullable=False),

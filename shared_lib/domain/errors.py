@@ -93,6 +93,17 @@ class RequestInProgress(Conflict):
         super().__init__("a request with this Idempotency-Key is still in progress", key=key)
 
 
+class RunKeyConflict(Conflict):
+    code = "run_key_reused"
+
+    def __init__(self, run_key: str, repair: bool) -> None:
+        super().__init__(
+            f"reconcile run {run_key!r} already ran with repair={str(repair).lower()}",
+            run_key=run_key,
+            repair=repair,
+        )
+
+
 class InvalidOrderState(Conflict):
     code = "invalid_order_state"
 

@@ -20,6 +20,15 @@ ORDER_ID_MAX = 64
 MAX_LINES = 500
 MAX_QTY = 1_000_000_000
 TEXT_MAX = {"reason": 200, "reference": 100, "customer": 100, "name": 200, "unit": 16}
+# Characters free text may not hold: C0 and C1 controls (NUL, escapes, new lines) and the
+# bidirectional marks, overrides and isolates that reorder what a reader sees (U+202E).
+UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def unsafe_character(value: str) -> str | None:
+    """The first character free text may not hold, as U+XXXX; None when there is none."""
+    found = UNSAFE_TEXT.search(value)
+    return f"U+{ord(found.group()):04X}" if found else None
 
 
 def utcnow() -> datetime:
@@ -45,6 +54,9 @@ def check_text(field_name: str, value: Any, *, required: bool = False) -> str | 
     limit = TEXT_MAX[field_name.rsplit(".", 1)[-1]]
     if not isinstance(value, str) or len(value) > limit:
         raise InvalidRequest(field_name, f"must be a string of at most {limit} characters")
+    unsafe = unsafe_character(value)
+    if unsafe:
+        raise InvalidRequest(field_name, f"must not contain control characters ({unsafe})")
     return value
 
 

@@ -8,6 +8,7 @@ A function's main.py only declares routes and turns a valid body into a use-case
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -55,13 +56,28 @@ if TYPE_CHECKING:
     from shared_lib.bootstrap import Platform
 
 log = logs.get_logger(__name__)
-KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")
+# printable ASCII without ',': a server joins repeated headers with commas, so a key with a
+# comma is two Idempotency-Key headers (RFC 9110 5.3), and which one was meant is unknown
+KEY_PATTERN = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")
+JSON_TYPES = ("application/json",)
 HEALTH_PATHS = ("/health/live", "/health/ready", "/_/health", "/_/ready")
 RAW_BODY = "psi.raw_body"
+# set when the body could not be read to its end: the connection cannot be reused
+BODY_BROKEN = "psi.body_broken"
 DRAIN_CHUNK = 64 * 1024
 ROUTE = "psi.route"
 # set once a platform's sender is authenticated and the delivery is for this route's topic
 SENDER = "psi.sender"
+# (the key as recorded, scoped to its caller; the key as the caller sent it)
+KEYS = "psi.keys"
+
+
+def _as_sent(body: dict[str, Any], request: flask.Request) -> dict[str, Any]:
+    """An error names the Idempotency-Key as its caller sent it, not as it is recorded."""
+    recorded, sent = request.environ.get(KEYS, (None, None))
+    if recorded is not None and body.get("key") == recorded:
+        body["key"] = sent
+    return body
 
 
 def _record_headers(request: flask.Request) -> dict[str, str]:
@@ -72,6 +88,31 @@ def _record_headers(request: flask.Request) -> dict[str, str]:
         for name, value in request.headers.items()
         if name.lower().startswith("x-kafka-") and name[len("X-Kafka-") :].lower() not in envelope
     }
+
+
+def _answer_http_errors_in_json(flask_app: flask.Flask) -> None:
+    """Requests Flask refuses before FunctionApp sees them (a path its URL rules cannot
+    match, such as one with a new line) are answered in JSON too, never an HTML page."""
+    from werkzeug.exceptions import HTTPException
+
+    def answer(error: HTTPException) -> flask.Response:
+        code = re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
+        body = {"error": code, "message": error.description}
+        return flask.Response(json.dumps(body), error.code or 400, mimetype="application/json")
+
+    flask_app.register_error_handler(HTTPException, answer)
+
+
+def _body_deadline(seconds: float) -> contextlib.AbstractContextManager[Any]:
+    """A deadline for reading a whole body, under gunicorn's gevent worker (a trickling
+    body would otherwise hold its connection as long as each read beats the read timeout);
+    elsewhere (functions-framework's own server, tests) there is none."""
+    if "gevent" in sys.modules:
+        from gevent import Timeout, monkey
+
+        if monkey.is_module_patched("socket"):
+            return Timeout(seconds, TimeoutError("the body did not arrive in time"))
+    return contextlib.nullcontext()
 
 
 def _remove_framework_drain() -> None:
@@ -139,7 +180,6 @@ class Route:
     created: bool = False
     topic: str | None = None
     also_topics: tuple[str, ...] = ()
-    key_required: bool = True
     query: tuple[str, ...] = ()
     responses: dict[int, str] = field(default_factory=dict)
 
@@ -212,6 +252,8 @@ class FunctionApp:
             print(f"psi {name}: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         logs.configure(self.settings.log_level)
+        if flask.has_app_context():  # functions-framework loads the function inside its app
+            _answer_http_errors_in_json(flask.current_app)
         self._platform: Platform | None = None
         self._drain_hook_removed = False
         metrics.register_function(name, uses_gate=needs_redis)
@@ -241,7 +283,7 @@ class FunctionApp:
             if exc.status == 401:
                 reply.headers["WWW-Authenticate"] = "Bearer"
         except PsiError as exc:
-            reply = Reply(status_of(exc), exc.as_dict())
+            reply = Reply(status_of(exc), _as_sent(exc.as_dict(), request))
             if isinstance(exc, StoreUnavailable):
                 reply.headers["Retry-After"] = str(exc.retry_after)
             if isinstance(exc, InsufficientStock):
@@ -278,16 +320,20 @@ class FunctionApp:
         if not self._drain_hook_removed:
             _remove_framework_drain()
             self._drain_hook_removed = True
+        if request.environ.get(BODY_BROKEN):
+            reply.headers["Connection"] = "close"
+            return
         left = self.settings.max_body_bytes
         try:
-            while left > 0:
-                chunk = request.stream.read(min(DRAIN_CHUNK, left))
-                if not chunk:
-                    return
-                left -= len(chunk)
-            if request.stream.read(1):
-                reply.headers["Connection"] = "close"
-        except (OSError, ValueError):  # the caller went away mid-body
+            with _body_deadline(self.settings.body_timeout_seconds):
+                while left > 0:
+                    chunk = request.stream.read(min(DRAIN_CHUNK, left))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
+                if request.stream.read(1):
+                    reply.headers["Connection"] = "close"
+        except Exception:  # the caller stalled or went away mid-body: nothing to answer
             reply.headers["Connection"] = "close"
 
     def _respond(self, reply: Reply) -> flask.Response:
@@ -335,6 +381,8 @@ class FunctionApp:
         else:
             actor = self.auth.check_sender(authorization, platform)
             self._accept_sender(route, platform, request)
+        if route.mutation:
+            self._check_media(request, delivery=platform is not None)
         raw = self._read_body(request) if route.mutation else None
         delivery = None
         try:
@@ -350,10 +398,12 @@ class FunctionApp:
             ) from None
         meta = None
         if route.mutation:
-            key = self._idempotency_key(route, request, delivery)
-            meta = RequestMeta(idempotency_key=key, actor=actor, legacy_key=legacy_key(delivery))
+            key = self._idempotency_key(request, delivery)
+            meta = self._meta(key, actor, delivery)
+            request.environ[KEYS] = (meta.idempotency_key, key)
             logs.bind(
-                idempotency_key=meta.idempotency_key,
+                idempotency_key=key,
+                actor=actor,
                 event_id=delivery.event_id if delivery else None,
                 event_source=delivery.source if delivery else None,
             )
@@ -387,13 +437,50 @@ class FunctionApp:
             )
         request.environ[SENDER] = Sender(platform, named or str(route.topic))
 
-    def _idempotency_key(
-        self, route: Route, request: flask.Request, delivery: Delivery | None
-    ) -> str:
+    def _check_media(self, request: flask.Request, *, delivery: bool) -> None:
+        """From the head alone, before any of the body is read: a body must be JSON in
+        UTF-8 and sent as it is (a platform's delivery names its own content type)."""
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise HttpError(
+                415,
+                {
+                    "error": "unsupported_media_type",
+                    "field": "Content-Encoding",
+                    "message": "Content-Encoding: bodies are accepted uncompressed only",
+                },
+                {"Accept-Encoding": "identity"},
+            )
+        has_body = bool(request.content_length) or "Transfer-Encoding" in request.headers
+        if delivery or not has_body:
+            return
+        charset = request.mimetype_params.get("charset", "utf-8").lower()
+        if request.mimetype not in JSON_TYPES or charset not in ("utf-8", "utf8"):
+            raise HttpError(
+                415,
+                {
+                    "error": "unsupported_media_type",
+                    "field": "Content-Type",
+                    "message": "Content-Type: send the body as application/json (UTF-8)",
+                },
+                {"Accept": "application/json"},
+            )
+
+    @staticmethod
+    def _meta(key: str, actor: str | None, delivery: Delivery | None) -> RequestMeta:
+        """A client's key is scoped to its API key (the principal), as Stripe scopes keys to
+        an account: one caller can neither take nor replay another's. A delivery is known by
+        its own identity, whoever delivers it. Records an earlier release wrote under the
+        bare key are still found (same request only) until they expire."""
+        if delivery is not None or actor is None:
+            return RequestMeta(idempotency_key=key, actor=actor, legacy_key=legacy_key(delivery))
+        return RequestMeta(idempotency_key=f"{actor}/{key}", actor=actor, legacy_key=key)
+
+    def _idempotency_key(self, request: flask.Request, delivery: Delivery | None) -> str:
         # a delivery is known by its identity; a client's header means nothing on it
         key = delivery.idempotency_key if delivery else request.headers.get("Idempotency-Key")
-        if not key and not route.key_required:
-            return uuid.uuid4().hex
+        if not key and delivery is not None:
+            return uuid.uuid4().hex  # cron-connector's call: no record, no identity
         if not key:
             raise HttpError(
                 400,
@@ -403,13 +490,22 @@ class FunctionApp:
                     "message": "Idempotency-Key: header is required for this request",
                 },
             )
+        if "," in key:
+            raise HttpError(
+                400,
+                {
+                    "error": "invalid_request",
+                    "field": "Idempotency-Key",
+                    "message": "Idempotency-Key: send the header once (a key has no ',')",
+                },
+            )
         if not KEY_PATTERN.match(key):
             raise HttpError(
                 400,
                 {
                     "error": "invalid_request",
                     "field": "Idempotency-Key",
-                    "message": "Idempotency-Key: 1..200 printable ASCII characters",
+                    "message": "Idempotency-Key: 1..200 printable ASCII characters, no comma",
                 },
             )
         return key
@@ -502,7 +598,22 @@ class FunctionApp:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise HttpError(413, {"error": "body_too_large", "limit_bytes": limit})
-        raw = request.stream.read(limit + 1)
+        try:
+            with _body_deadline(self.settings.body_timeout_seconds):
+                raw = request.stream.read(limit + 1)
+        except Exception as exc:  # the server's reader, whatever it raises: the caller's doing
+            request.environ[BODY_BROKEN] = True
+            if isinstance(exc, TimeoutError):
+                raise HttpError(
+                    408,
+                    {"error": "request_timeout", "message": "the body stopped arriving"},
+                    {"Connection": "close"},
+                ) from None
+            raise HttpError(
+                400,
+                {"error": "incomplete_body", "message": "the body ended before its length"},
+                {"Connection": "close"},
+            ) from None
         request.environ[RAW_BODY] = raw
         if len(raw) > limit:
             raise HttpError(413, {"error": "body_too_large", "limit_bytes": limit})

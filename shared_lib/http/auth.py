@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,8 +61,14 @@ def parse_keys(text: str) -> list[ApiKey]:
                 f"PSI_API_KEYS: entry {n} has unknown scope {sorted(unknown)[0]!r};"
                 f" known: {', '.join(SCOPES)}"
             )
-        keys.append(ApiKey(f"key-{n}", secret.strip(), scopes))
+        keys.append(ApiKey(principal_of(secret.strip()), secret.strip(), scopes))
     return keys
+
+
+def principal_of(secret: str) -> str:
+    """Who holds a key, as logs, the ledger's actor and idempotency scopes name it: stable
+    across reordering and adding keys, and saying nothing of the secret."""
+    return f"key-{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
 
 
 def _presented_secret(authorization: str | None) -> str | None:

@@ -51,12 +51,15 @@ QUERY = {
     "cursor": ({"type": "string"}, "Opaque cursor from the previous page's next_cursor"),
 }
 STANDARD = {
-    400: "Malformed request (bad JSON, missing Idempotency-Key, unexpected topic)",
+    400: "Malformed request (bad or ambiguous JSON, missing or repeated Idempotency-Key,"
+    " unexpected topic)",
     401: "Missing or unknown API key",
     403: "The API key lacks the scope",
     404: "Unknown sku, warehouse, order or route",
     409: "Insufficient stock, idempotency key reused, or a state conflict",
+    408: "The body stopped arriving (GUNICORN_READ_TIMEOUT)",
     413: "Body too large",
+    415: "The body is not application/json in UTF-8, or is compressed",
     422: "Invalid body; `field` names the offending field",
     503: "A store is down and no degraded path exists (see Retry-After)",
 }
@@ -111,13 +114,14 @@ def document(app: FunctionApp) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": True,
-                    "description": "A replay returns the first answer; reuse with another "
-                    "body is refused (409). Kafka deliveries use the CloudEvent id.",
+                    "description": "Scoped to the API key that sends it. A replay returns "
+                    "the first answer; reuse with another body is refused (409). Kafka "
+                    "deliveries are known by their own identity instead.",
                     "schema": {
                         "type": "string",
                         "minLength": 1,
                         "maxLength": 200,
-                        "pattern": "^[!-~]+$",
+                        "pattern": "^[!-+\\--~]+$",
                     },
                 }
             )
@@ -130,12 +134,14 @@ def document(app: FunctionApp) -> dict[str, Any]:
                 "content": {"application/json": {"schema": schema}},
             }
         ok = 201 if route.created else 200
-        operation["responses"][str(ok)] = {
-            "description": route.responses.get(ok, "Success"),
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
+        successes = {ok, *(s for s in route.responses if s < 300)}
+        for status in sorted(successes):
+            operation["responses"][str(status)] = {
+                "description": route.responses.get(status, "Success"),
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
         for status, text in STANDARD.items():
-            if status in (400, 413) and not route.mutation:
+            if status in (400, 408, 413, 415) and not route.mutation:
                 continue
             operation["responses"][str(status)] = {
                 "description": route.responses.get(status, text),

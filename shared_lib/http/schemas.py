@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from shared_lib.domain import model as m
 
@@ -15,8 +15,28 @@ WarehouseCode = Annotated[
 ]
 OrderId = Annotated[str, Field(min_length=1, max_length=m.ORDER_ID_MAX, pattern=_CODE)]
 Qty = Annotated[StrictInt, Field(ge=1, le=m.MAX_QTY)]
-Reason = Annotated[str, Field(max_length=m.TEXT_MAX["reason"])]
-Reference = Annotated[str, Field(max_length=m.TEXT_MAX["reference"])]
+
+
+def _plain(value: str) -> str:
+    unsafe = m.unsafe_character(value)
+    if unsafe:
+        raise ValueError(f"must not contain control characters ({unsafe})")
+    return value
+
+
+def Text(max_length: int, min_length: int = 0) -> Any:
+    """Free text: bounded, and without the characters m.UNSAFE_TEXT names (documented as a
+    pattern; checked with a message that names the character)."""
+    pattern = f"^[^{m.UNSAFE_TEXT.pattern[1:-1]}]*$"
+    return Annotated[
+        str,
+        Field(min_length=min_length, max_length=max_length, json_schema_extra={"pattern": pattern}),
+        AfterValidator(_plain),
+    ]
+
+
+Reason = Text(m.TEXT_MAX["reason"])
+Reference = Text(m.TEXT_MAX["reference"])
 
 
 class Body(BaseModel):
@@ -82,23 +102,23 @@ class OrderBody(Body):
     order_id: OrderId | None = None
     warehouse: WarehouseCode
     lines: Lines
-    customer: Annotated[str, Field(max_length=m.TEXT_MAX["customer"])] | None = None
+    customer: Text(m.TEXT_MAX["customer"]) | None = None
     hold_seconds: Annotated[StrictInt, Field(ge=1, le=30 * 24 * 3600)] | None = None
 
 
 class ProductBody(Body):
-    name: Annotated[str, Field(min_length=1, max_length=m.TEXT_MAX["name"])]
-    unit: Annotated[str, Field(min_length=1, max_length=m.TEXT_MAX["unit"])] = "pcs"
+    name: Text(m.TEXT_MAX["name"], 1)
+    unit: Text(m.TEXT_MAX["unit"], 1) = "pcs"
     reorder_point: Annotated[StrictInt, Field(ge=0, le=m.MAX_QTY)] = 0
     track_inventory: StrictBool = True
 
 
 class WarehouseBody(Body):
-    name: Annotated[str, Field(min_length=1, max_length=m.TEXT_MAX["name"])]
+    name: Text(m.TEXT_MAX["name"], 1)
 
 
 class ReconcileBody(Body):
-    run_key: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    run_key: Text(100, 1) | None = None
     repair: StrictBool = True
 
 

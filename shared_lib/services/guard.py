@@ -187,6 +187,38 @@ def run_recorded(
         return deps.tx.run(transaction)
 
 
+def answer_once(
+    deps: Deps,
+    key: str,
+    fingerprint: str,
+    kind: str,
+    produce: Callable[[], tuple[dict[str, Any], bool]],
+) -> Outcome:
+    """The Idempotency-Key contract for work that commits on its own, in many transactions
+    (a reconcile run): a key already recorded answers with its first answer, or 409 for
+    another request; otherwise ``produce`` runs (it says whether its answer is itself a
+    stored one) and its answer is recorded under the key."""
+
+    def recorded(store: StockStore) -> tuple[str, dict[str, Any]] | None:
+        return store.recall(key)
+
+    def record(store: StockStore) -> tuple[str, dict[str, Any]] | None:
+        prior = store.recall(key)
+        if prior is None:
+            store.remember(key, fingerprint, kind, body)
+        return prior
+
+    prior = deps.tx.run(recorded)
+    if prior is None:
+        body, replayed = produce()
+        prior = deps.tx.run(record)
+        if prior is None:
+            return Outcome(body, replayed=replayed)
+    if prior[0] != fingerprint:
+        raise IdempotencyConflict(key)
+    return Outcome(prior[1], replayed=True)
+
+
 def _try_hold(
     deps: Deps,
     gate: StockGate,

@@ -109,8 +109,8 @@ def _close(
         order = store.order(command.order_id, lock=True)
         if order is None:
             raise UnknownOrder(command.order_id)
-        if order.status is status and status is not OrderStatus.SHIPPED:
-            return order_body(order, []), []
+        if order.status is status is OrderStatus.EXPIRED:
+            return order_body(order, []), []  # the sweep may find it again: nothing to do
         closed = order.moved_to(status)
         note = MovementNote(meta, now, status.value, reference, order.order_id)
         store.set_order_status(order.order_id, status, now)
@@ -128,7 +128,8 @@ def _close(
 
 
 def cancel_order(deps: Deps, command: CancelOrder, meta: RequestMeta) -> Outcome:
-    """Release the order's reservation; cancelling a cancelled order answers the same."""
+    """Release the order's reservation. Like shipping, it happens once: the same
+    Idempotency-Key replays the answer, a new one on a closed order is refused (409)."""
     return _close(deps, command, meta, OrderStatus.CANCELLED)
 
 

@@ -46,7 +46,13 @@ from typing import Any, Protocol, TypeVar, cast
 
 from shared_lib import topics
 from shared_lib.domain import events
-from shared_lib.domain.errors import Conflict, InvalidRequest, NotFound, RequestInProgress
+from shared_lib.domain.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RequestInProgress,
+    RunKeyConflict,
+)
 from shared_lib.domain.model import ExpireOrder, Level, RequestMeta
 from shared_lib.services.cache import rebuild_warehouse
 from shared_lib.services.guard import Deps
@@ -125,6 +131,10 @@ class RunRecord:
 
     def result(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in RESULT_KEYS}
+
+
+class StoredAnswer(dict[str, Any]):
+    """The answer of a run key that finished earlier: nothing ran now (a replay)."""
 
 
 @dataclass(frozen=True)
@@ -330,9 +340,11 @@ def reconcile(
     started = _naive_utc(deps.clock())
     run = records.claim(run_key, str(uuid.uuid4()), repair, started, started - stale_after)
     if not run.claimed:
-        if run.status == FINISHED:
-            return run.result()
-        raise RequestInProgress(run_key)
+        if run.status != FINISHED:
+            raise RequestInProgress(run_key)
+        if run.repair != repair:
+            raise RunKeyConflict(run_key, run.repair)
+        return StoredAnswer(run.result())
     try:
         return _run(deps, records, gate, reports, run, as_of, redrive, on_progress, batch_size)
     except BaseException as exc:

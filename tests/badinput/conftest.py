@@ -7,7 +7,10 @@ With CI=true a missing MariaDB, Redis or broker binary fails the tests; elsewher
 
 from __future__ import annotations
 
+import http.client
 import os
+import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import functions_framework
+import psutil
 import pytest
 import redis
 import sqlalchemy as sa
@@ -27,12 +31,18 @@ from shared_lib.devstack.stack import LocalStack
 from tests.conftest import (
     create_mysql_database,
     drop_mysql_database,
+    free_port,
     require_broker_binary,
     stack_environ,
 )
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ("catalog", "stock_in", "stock_out", "create_order", "stock_query", "reconcile")
+
+
+FUZZ_KEY = "in-process-admin-key-0001"
+AS_ADMIN = {"Authorization": f"Bearer {FUZZ_KEY}"}
 
 
 @dataclass
@@ -46,8 +56,9 @@ class InProcess:
 def in_process(
     tmp_path_factory: pytest.TempPathFactory, mysql_server: str, redis_server: str
 ) -> Iterator[InProcess]:
-    """Every function's WSGI app, as ``functions_framework.create_app`` builds it. Settings
-    and the platform are cached per process: cleared before and after."""
+    """Every function's WSGI app, as ``functions_framework.create_app`` builds it, with API
+    keys on (AS_ADMIN is the key's header). Settings and the platform are cached per
+    process: cleared before and after."""
     data_dir = tmp_path_factory.mktemp("badinput")
     database_url = create_mysql_database(mysql_server)
     prefix = f"psibad{uuid.uuid4().hex[:8]}"
@@ -55,7 +66,7 @@ def in_process(
         "PSI_DATABASE_URL": database_url,
         "PSI_REDIS_URL": redis_server,
         "PSI_REDIS_PREFIX": prefix,
-        "PSI_AUTH_DISABLED": "true",
+        "PSI_API_KEYS": f"{FUZZ_KEY}=admin",
         "PSI_DATA_DIR": str(data_dir / "data"),
         "PSI_SECRETS_DIR": str(data_dir / "no-secrets"),
         "PSI_LOG_LEVEL": "WARNING",
@@ -137,3 +148,72 @@ def kafka_stack(
             client.delete(key)
         client.close()
         drop_mysql_database(mysql_server, database_url)
+
+
+KEY = "served-function-admin-key-0001"
+MAX_BODY = 1024 * 1024
+THREADS_BEFORE = 4  # the gthread workers this replaced: 4 threads each
+READ_TIMEOUT = 3
+BODY_TIMEOUT = 4
+
+
+@dataclass
+class Served:
+    port: int
+    worker: psutil.Process
+    log: Path  # gunicorn's and the function's stderr
+
+    def errors(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def status(port: int, method: str, path: str, timeout: float = 5) -> int | None:
+    """The status of one request on a new connection; None if none came back in time."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """stock-in as the image runs it: gunicorn with the project's gunicorn.conf.py and
+    shared_lib.wsgi, API keys on, one worker, on its embedded defaults (no services)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PSI_", "GUNICORN"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        FUNCTION_DIR="stock_in",
+        GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
+        WEB_CONCURRENCY="1",
+        GUNICORN_READ_TIMEOUT=str(READ_TIMEOUT),
+        PSI_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
+        PSI_API_KEYS=f"{KEY}=admin",
+        PSI_DATA_DIR=str(tmp_path / "data"),
+        PSI_SECRETS_DIR=str(tmp_path / "no-secrets"),
+        PSI_REDIS_URL="disabled",
+        PSI_MAX_BODY_BYTES=str(MAX_BODY),
+    )
+    command = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py")]
+    log = tmp_path / "function.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*command, "shared_lib.wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: status(port, "GET", "/health/live") == 200, timeout=30, what="up")
+        (worker,) = psutil.Process(process.pid).children()
+        yield Served(port, worker, log)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)

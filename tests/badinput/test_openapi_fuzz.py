@@ -5,6 +5,10 @@ For every operation of every function, schema-conforming (positive) and schema-v
 (negative) requests are generated. Properties:
 
 * no request gets a 5xx (bad input never gets a 500; no store is down here, so no 503);
+* every answer conforms to the document: a documented status, content type, headers and
+  body schema (schemathesis's response-conformance checks);
+* a request the document forbids is refused (schemathesis's negative_data_rejection), unless
+  the test steered it back into the schema;
 * a rejected request (4xx) changes nothing: the system of record (balances, ledger, orders
   and lines, idempotency records, outbox, catalog, reconcile runs) is compared row for row
   before and after each rejected call.
@@ -23,11 +27,27 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.core.failures import FailureGroup
 
 from shared_lib.adapters import sql_tables as t
-from tests.badinput.conftest import FUNCTIONS, InProcess
+from tests.badinput.conftest import AS_ADMIN, FUNCTIONS, InProcess
 
 EXAMPLES_PER_OPERATION = 40
+CONFORMANCE = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 STATE_TABLES = (
     t.products,
     t.warehouses,
@@ -79,7 +99,7 @@ def seed(env: InProcess) -> None:
         ("/warehouses/SIDE", {"name": "Side"}),
         ("/products/SKU-1", {"name": "One", "reorder_point": 5}),
     ):
-        reply = client.put(path, json=body, headers={"Idempotency-Key": f"seed{path}"})
+        reply = client.put(path, json=body, headers={**AS_ADMIN, "Idempotency-Key": f"seed{path}"})
         assert reply.status_code in (200, 201), reply.get_data(as_text=True)
     reply = (
         env.apps["stock_in"]
@@ -87,7 +107,7 @@ def seed(env: InProcess) -> None:
         .post(
             "/",
             json={"warehouse": "MAIN", "lines": [{"sku": "SKU-1", "qty": 500}]},
-            headers={"Idempotency-Key": "seed-stock"},
+            headers={**AS_ADMIN, "Idempotency-Key": "seed-stock"},
         )
     )
     assert reply.status_code == 201, reply.get_data(as_text=True)
@@ -97,7 +117,7 @@ def seed(env: InProcess) -> None:
         .post(
             "/",
             json={"order_id": "SO-1", "warehouse": "MAIN", "lines": [{"sku": "SKU-1", "qty": 2}]},
-            headers={"Idempotency-Key": "seed-order"},
+            headers={**AS_ADMIN, "Idempotency-Key": "seed-order"},
         )
     )
     assert reply.status_code == 201, reply.get_data(as_text=True)
@@ -138,7 +158,8 @@ def steer(case: schemathesis.Case, data: st.DataObject) -> None:
     if isinstance(case.body, dict):
         for name, value in list(case.body.items()):
             case.body[name] = known(name, value)
-        for line in case.body.get("lines") or []:
+        lines = case.body.get("lines")
+        for line in lines if isinstance(lines, list) else []:
             if isinstance(line, dict):
                 for name, value in list(line.items()):
                     line[name] = known(name, value)
@@ -156,14 +177,21 @@ def fuzz_operation(
     @FUZZ_SETTINGS
     @given(case=strategy, data=st.data())
     def fuzz(case: schemathesis.Case, data: st.DataObject) -> None:
-        if data.draw(st.booleans(), label="steer"):
+        steered = data.draw(st.booleans(), label="steer")
+        if steered:
             steer(case, data)
         before = snapshot(env.engine)
-        response = case.call()
+        response = case.call(headers=AS_ADMIN)
         calls[label] = calls.get(label, 0) + 1
         status = response.status_code
         where = f"{function} {label}: {case.as_curl_command()}"
         assert status < 500, f"{where} -> {status} {response.text[:300]}"
+        checks = CONFORMANCE if steered else [*CONFORMANCE, negative_data_rejection]
+        try:
+            case.validate_response(response, checks=checks)
+        except FailureGroup as group:  # one failure per check that failed
+            found = "; ".join(f"{f.title}: {f.message}" for f in group.exceptions)
+            raise AssertionError(f"{where} -> {status}: {found[:500]}") from None
         if 400 <= status < 500:
             changed = diff(before, snapshot(env.engine))
             assert not changed, f"{where} -> {status} yet changed {changed}"

@@ -6,76 +6,16 @@ functions-framework's own after-request hook used to read every such body into m
 from __future__ import annotations
 
 import http.client
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.support import wait_until
+from tests.badinput.conftest import KEY, MAX_BODY, Served, status
 
-ROOT = Path(__file__).resolve().parents[2]
 BODY_BYTES = 400 * 1024 * 1024
-MAX_BODY = 1024 * 1024
 SLACK = 40 * 1024 * 1024  # allocator and interpreter noise
-KEY = "unread-body-admin-key-0001"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def function(tmp_path: Path) -> Iterator[tuple[int, psutil.Process]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PSI_", "GUNICORN"))}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        FUNCTION_DIR="stock_in",
-        GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
-        WEB_CONCURRENCY="1",
-        PSI_API_KEYS=f"{KEY}=admin",
-        PSI_DATA_DIR=str(tmp_path / "data"),
-        PSI_SECRETS_DIR=str(tmp_path / "no-secrets"),
-        PSI_REDIS_URL="disabled",
-        PSI_MAX_BODY_BYTES=str(MAX_BODY),
-    )
-    command = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py")]
-    process = subprocess.Popen(
-        [*command, "shared_lib.wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_until(lambda: status(port, "GET", "/health/live") == 200, timeout=30, what="up")
-        (worker,) = psutil.Process(process.pid).children()
-        yield port, worker
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=20)
-
-
-def status(port: int, method: str, path: str) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path)
-        return conn.getresponse().status
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 def send_chunked(port: int, path: str, headers: dict[str, str]) -> int | None:
@@ -115,9 +55,9 @@ def peak_growth(worker: psutil.Process, work: threading.Thread) -> int:
     ids=["no-key", "no-route", "too-large"],
 )
 def test_a_large_body_nobody_reads_costs_no_memory(
-    function: tuple[int, psutil.Process], path: str, headers: dict[str, str]
+    served: Served, path: str, headers: dict[str, str]
 ) -> None:
-    port, worker = function
+    port, worker = served.port, served.worker
     answers: list[int | None] = []
     work = threading.Thread(target=lambda: answers.append(send_chunked(port, path, headers)))
     growth = peak_growth(worker, work)

@@ -58,8 +58,8 @@ CRON_TOPIC = "cron-function"
 NIGHTLY_SCHEDULE = "0 2 * * *"
 NIGHTLY_FUNCTION = "reconcile"
 
-# Environment names the runtime (gunicorn.conf.py, shared_lib/wsgi.py) reads; every other
-# variable a manifest sets must be PSI_<field of Settings>.
+# Environment names the runtime (gunicorn.conf.py, shared_lib/wsgi.py and serving.py) reads;
+# every other variable a manifest sets must be PSI_<field of Settings>.
 RUNTIME_ENV = frozenset(
     {
         "PORT",
@@ -67,7 +67,8 @@ RUNTIME_ENV = frozenset(
         "FUNCTION_SOURCE",
         "FUNCTION_DIR",
         "WEB_CONCURRENCY",
-        "GUNICORN_THREADS",
+        "GUNICORN_WORKER_CONNECTIONS",
+        "GUNICORN_READ_TIMEOUT",
         "GUNICORN_TIMEOUT",
         "GUNICORN_GRACEFUL_TIMEOUT",
         "GUNICORN_SHUTDOWN_HOOK",
@@ -76,7 +77,7 @@ RUNTIME_ENV = frozenset(
 )
 # gunicorn.conf.py's defaults, for containerConcurrency when a Service does not set them.
 DEFAULT_WORKERS = 2
-DEFAULT_THREADS = 4
+DEFAULT_CONNECTIONS = 64
 
 # Settings that are credentials: secret files only, never plain environment in a manifest.
 # (s3_endpoint may come from a secret file too, but is not a credential.)
@@ -332,13 +333,13 @@ def check_images(root: Path) -> list[Problem]:
 
 
 def check_concurrency(root: Path) -> list[Problem]:
-    """containerConcurrency equals what gunicorn serves at once (workers x threads)."""
+    """containerConcurrency equals what gunicorn serves at once (workers x connections)."""
     problems = []
     for name, doc in knative_services(root).items():
         spec = doc.body.get("spec", {}).get("template", {}).get("spec", {})
         env = container_env(service_container(doc))
         served = int(env.get("WEB_CONCURRENCY", DEFAULT_WORKERS)) * int(
-            env.get("GUNICORN_THREADS", DEFAULT_THREADS)
+            env.get("GUNICORN_WORKER_CONNECTIONS", DEFAULT_CONNECTIONS)
         )
         if spec.get("containerConcurrency") != served:
             problems.append(
@@ -913,7 +914,7 @@ def check_dockerfiles(root: Path) -> list[Problem]:
 def check_runtime_env(root: Path) -> list[Problem]:
     """RUNTIME_ENV lists every variable the runtime files read, and nothing else."""
     read: set[str] = set()
-    for file in ("gunicorn.conf.py", "shared_lib/wsgi.py"):
+    for file in ("gunicorn.conf.py", "shared_lib/wsgi.py", "shared_lib/serving.py"):
         text = (root / file).read_text(encoding="utf-8")
         read |= set(re.findall(r"""environ(?:\.get)?\(\s*["']([A-Z_][A-Z0-9_]*)["']""", text))
         read |= set(re.findall(r"""environ\[\s*["']([A-Z_][A-Z0-9_]*)["']""", text))

@@ -37,6 +37,7 @@ COPIED = (
     "template",
     "infra",
     "shared_lib/wsgi.py",
+    "shared_lib/serving.py",
 )
 
 
@@ -473,7 +474,7 @@ def test_concurrency_mismatch_is_reported(copy: Path) -> None:
     assert manifests.check_concurrency(copy) == [
         Problem(
             "infra/knative/service-stock-query.yaml",
-            "Knative Service stock-query: containerConcurrency 50 but gunicorn serves 8 at once",
+            "Knative Service stock-query: containerConcurrency 50 but gunicorn serves 128 at once",
         )
     ]
 

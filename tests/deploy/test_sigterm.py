@@ -89,7 +89,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
         GUNICORN_SHUTDOWN_HOOK="slow_fn.main:shutdown",
         GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
         WEB_CONCURRENCY="1",
-        GUNICORN_THREADS="2",
         GUNICORN_GRACEFUL_TIMEOUT="10",
         SLOW_FN_DELAY=str(SLOW_SECONDS),
         SLOW_FN_STARTED_FILE=str(started),
@@ -208,12 +207,12 @@ def test_failing_hook_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
-    monkeypatch.setenv("GUNICORN_THREADS", "5")
+    monkeypatch.setenv("GUNICORN_WORKER_CONNECTIONS", "5")
     monkeypatch.setenv("GUNICORN_GRACEFUL_TIMEOUT", "7")
     conf = load_conf(monkeypatch, None)
     assert conf["bind"] == ["0.0.0.0:9123"]
-    assert (conf["workers"], conf["threads"], conf["graceful_timeout"]) == (3, 5, 7)
-    assert conf["worker_class"] == "gthread"
+    assert (conf["workers"], conf["worker_connections"], conf["graceful_timeout"]) == (3, 5, 7)
+    assert conf["worker_class"] == "shared_lib.serving.Worker"
     assert conf["preload_app"] is False
 
 

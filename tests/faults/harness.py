@@ -127,7 +127,10 @@ class FaultEnv:
             while time.monotonic() < deadline:
                 try:
                     reply = session.post(
-                        self.url("reconcile"), json={"run_key": run_key}, timeout=HTTP_TIMEOUT * 2
+                        self.url("reconcile"),
+                        json={"run_key": run_key},
+                        headers={"Idempotency-Key": f"reconcile-{run_key}"},
+                        timeout=HTTP_TIMEOUT * 2,
                     )
                 except requests.RequestException as exc:
                     last = repr(exc)

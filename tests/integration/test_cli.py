@@ -16,26 +16,8 @@ from shared_lib.adapters import schema
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.domain.model import utcnow
-from tests.conftest import drop_mysql_database
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "mysql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with no schema yet, so that `psi db upgrade` has work to do."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'cli.sqlite3'}"
-        return
-    server = request.getfixturevalue("mysql_server")
-    name = f"psi_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(server + "/")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    admin.dispose()
-    url = f"{server}/{name}?charset=utf8mb4"
-    yield url
-    drop_mysql_database(server, url)
 
 
 @pytest.fixture

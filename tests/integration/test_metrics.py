@@ -111,7 +111,7 @@ def test_metrics_follow_real_traffic(api: Api, redis_client: redis.Redis) -> Non
     platform = bootstrap.get_platform()
     assert platform.gate is not None
     redis_client.hset(platform.gate.level_key("MAIN", "A"), "oh", 99)
-    run = ok(api.post("reconcile", "/", {"run_key": "metrics-1"}, key=None))
+    run = ok(api.post("reconcile", "/", {"run_key": "metrics-1"}))
     assert (run["drift_found"], run["drift_repaired"]) == (1, 1)
     relay = platform.relay
     assert relay is not None
@@ -169,7 +169,7 @@ def test_metrics_follow_real_traffic(api: Api, redis_client: redis.Redis) -> Non
     assert value(after, "psi_outbox_lag_seconds") >= 120
 
     # the same run key answers the stored result: its drift is not counted twice
-    assert ok(api.post("reconcile", "/", {"run_key": "metrics-1"}, key=None)) == run
+    assert ok(api.post("reconcile", "/", {"run_key": "metrics-1"})) == run
     again = scrape(api)
     assert grew(after, again, "psi_reconcile_drift_total", state="found") == 0
 

@@ -269,9 +269,7 @@ class Model:
         if order_id not in self.orders:
             return Prediction(UnknownOrder)
         wh, lines, current = self.orders[order_id]
-        if current == status == "cancelled":
-            return Prediction()  # cancelling a cancelled order answers the same
-        if current != "reserved":
+        if current != "reserved":  # closing happens once; a replay of its key is answered
             return Prediction(InvalidOrderState)
 
         def close() -> None:

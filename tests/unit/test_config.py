@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared_lib.config import ConfigError, Settings, load_settings, secret_file_name
-from shared_lib.http.auth import Authenticator, AuthError, parse_keys
+from shared_lib.http.auth import Authenticator, AuthError, parse_keys, principal_of
 
 
 @pytest.fixture(autouse=True)
@@ -78,8 +78,12 @@ def test_no_keys_refuses_to_start_unless_auth_is_disabled(tmp_path: Path):
 
 def test_scopes_are_enforced_with_401_and_403():
     auth = Authenticator(parse_keys("reader-key-000001=stock:read;admin-key-0000001=admin"))
-    assert auth.check("Bearer reader-key-000001", "stock:read") == "key-1"
-    assert auth.check("Bearer admin-key-0000001", "orders:write") == "key-2"
+    reader = auth.check("Bearer reader-key-000001", "stock:read")
+    assert reader == principal_of("reader-key-000001")
+    assert reader.startswith("key-") and "reader" not in reader  # says nothing of the secret
+    assert auth.check("Bearer admin-key-0000001", "orders:write") == principal_of(
+        "admin-key-0000001"
+    )
     for header, scope, status in [
         (None, "stock:read", 401),
         ("Bearer nope-nope-nope-nope", "stock:read", 401),

@@ -244,14 +244,17 @@ def test_rebuild_is_refused_when_invalidated_meanwhile(tx):
     assert rebuild_warehouse(tx, gate, "W1") == 0 and gate.is_ready("W1")
 
 
-def test_cancel_releases_and_is_idempotent_by_state(deps, tx, gate):
+def test_cancel_happens_once_like_ship_replayed_by_its_key(deps, tx, gate):
     receive(deps, A=5)
     place_order(deps, PlaceOrder("o1", "W1", lines(A=5)), key("o1"))
     out = cancel_order(deps, CancelOrder("o1"), key("c1"))
     assert out.body["status"] == "cancelled"
     assert levels(tx)[("W1", "A")] == (5, 0) and gate.available("W1", "A") == 5
-    again = cancel_order(deps, CancelOrder("o1"), key("c2"))
-    assert again.body["status"] == "cancelled" and levels(tx)[("W1", "A")] == (5, 0)
+    replay = cancel_order(deps, CancelOrder("o1"), key("c1"))
+    assert replay.replayed and replay.body == out.body
+    with pytest.raises(InvalidOrderState, match="is cancelled; cannot cancel"):
+        cancel_order(deps, CancelOrder("o1"), key("c2"))
+    assert levels(tx)[("W1", "A")] == (5, 0)
     with pytest.raises(InvalidOrderState):
         ship_order(deps, ShipOrder("o1"), key("s1"))
     ledger_matches_balances(tx)
