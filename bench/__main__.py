@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import report
 from bench.common import BenchConfig, Scenario, machine_info, services_reachable
-from bench.scenarios import cold_start, flash_sale, hot_sku, many_skus, reconcile
+from bench.scenarios import cold_start, flash_sale, hot_sku, http, many_skus, reconcile
 
 SCENARIOS: dict[str, Callable[[BenchConfig], Scenario]] = {
     "hot_sku": hot_sku.run,
@@ -28,6 +28,7 @@ SCENARIOS: dict[str, Callable[[BenchConfig], Scenario]] = {
     "many_skus": many_skus.run,
     "reconcile": reconcile.run,
     "cold_start": cold_start.run,
+    "http": http.run,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

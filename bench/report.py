@@ -54,6 +54,37 @@ def _rows(name: str, scenario: dict[str, Any]) -> tuple[list[str], list[list[str
             for row, d in zip(rows, variants.values(), strict=True):
                 row += [_fmt(d.get("wall_s"), 2), _fmt(d.get("statements_from_losers"))]
         return head, rows
+    if name == "http":
+        head = [
+            *("variant", "inst", "conns", "req/s", "p50 ms", "p99 ms", "2xx", "409", "won (db)"),
+            *("fn CPU ms/req", "db+redis ms/req", "client ms/req", "ceiling req/s"),
+        ]
+        rows = []
+        for v, d in variants.items():
+            cpu = d.get("cpu_ms_per_request", {})
+            stores = (cpu.get("mariadb") or 0) + (cpu.get("redis") or 0)
+            rows.append(
+                [
+                    v,
+                    _fmt(d.get("instances")),
+                    _fmt(d.get("connections")),
+                    _fmt(d.get("requests_per_s")),
+                    _fmt(d.get("p50_ms"), 1),
+                    _fmt(d.get("p99_ms"), 1),
+                    _fmt(d.get("ok")),
+                    _fmt(d.get("refused")),
+                    _fmt(d.get("won_in_mysql")),
+                    _fmt(cpu.get("functions"), 2),
+                    _fmt(stores, 2),
+                    _fmt(cpu.get("client"), 3),
+                    _fmt(d.get("ceiling_requests_per_s")),
+                ]
+            )
+        cold = scenario.get("cold_start", {})
+        for function, d in cold.items():
+            label = f"cold start: {function}, ms to ready (median)"
+            rows.append([label, "1", "-", "-", _fmt(d.get("median_ms")), *["-"] * 8])
+        return head, rows
     if name == "reconcile":
         head = ["rows", "wall s", "peak RSS MB", "drift seeded", "found", "repaired", "left"]
         rows = [
@@ -251,6 +282,26 @@ def charts(results: dict[str, Any], out: Path) -> list[Path]:
             axis.set_xlim(left=0)
             axis.set_ylim(bottom=0)
         save(fig, "reconcile")
+
+    web = scenarios.get("http", {}).get("variants")
+    if web:
+        names = list(web)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+        rates = [web[n]["requests_per_s"] or 0 for n in names]
+        colors = ["#888" if n == "hello" else "#aaa" if "conditional" in n else "#1f77b4"
+                  for n in names]  # fmt: skip
+        bars = left.bar(names, rates, color=colors)
+        left.bar_label(bars, labels=[f"{r:,.0f}" for r in rates], fontsize=8)
+        left.set_ylabel("requests/s")
+        left.set_title(f"http: as deployed (gunicorn, wrk){tag}")
+        cpu = [web[n].get("cpu_ms_per_request", {}).get("functions") or 0 for n in names]
+        bars = right.bar(names, cpu, color="#ff7f0e")
+        right.bar_label(bars, labels=[f"{c:.2f}" for c in cpu], fontsize=8)
+        right.set_ylabel("function CPU ms per request")
+        right.set_title("http: CPU of the function's processes")
+        for ax in (left, right):
+            ax.tick_params(axis="x", labelrotation=25, labelsize=8)
+        save(fig, "http")
 
     cold = scenarios.get("cold_start", {}).get("variants")
     if cold:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import service_missing
+
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"hot_sku", "flash_sale", "many_skus", "reconcile", "cold_start"}
+SCENARIOS = {"hot_sku", "flash_sale", "many_skus", "reconcile", "cold_start", "http"}
 RUN_FIELDS = {"ops_per_s", "p50_ms", "p99_ms", "ops", "succeeded", "failed"}
 
 pytestmark = pytest.mark.integration
@@ -23,6 +26,8 @@ pytestmark = pytest.mark.integration
 def test_quick_bench_writes_every_scenario_with_correctness_counts(
     mysql_server: str, redis_server: str, tmp_path: Path
 ) -> None:
+    if shutil.which("wrk") is None:
+        service_missing("wrk (the http scenario's load generator)", FileNotFoundError("wrk"))
     env = {**os.environ, "PSI_BENCH_MYSQL_URL": mysql_server, "PSI_BENCH_REDIS_URL": redis_server}
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
@@ -81,4 +86,15 @@ def test_quick_bench_writes_every_scenario_with_correctness_counts(
     functions = {p.parent.name for p in ROOT.glob("functions/*/main.py")}
     assert set(cold) == {"hello"} | functions
     assert all(v["succeeded"] == v["runs"] >= 1 for v in cold.values())
+    web = data["scenarios"]["http"]
+    assert set(web["variants"]) == {
+        *("hello", "flash_sale", "hot_psi", "hot_psi_one_by_one", "hot_conditional"),
+        *("hot_psi_x2", "hot_conditional_x2"),
+    }
+    for name, variant in web["variants"].items():
+        assert variant["requests"] > 0 and variant["other"] == variant["socket_errors"] == 0, name
+        assert {"functions", "mariadb", "redis", "client"} <= set(variant["cpu_ms_per_request"])
+    assert web["variants"]["flash_sale"]["won_in_mysql"] == web["params"]["stock"]
+    assert set(web["cold_start"]) == {"hello", "create_order", "reconcile"}
     assert (tmp_path / "hot_sku.png").is_file()
+    assert (tmp_path / "http.png").is_file()
