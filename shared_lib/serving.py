@@ -6,8 +6,9 @@ other callers are answered while any number of them (up to ``worker_connections`
 open. Each connection's socket reads and writes time out after ``GUNICORN_READ_TIMEOUT``
 seconds (10), where gevent's worker would wait forever: a stalled body is let go, and the
 request it belonged to is answered 408. Heads are bounded by gunicorn itself (the keep-alive
-timeout). gevent patches the standard library when the worker starts, so the application's
-threads, locks, sockets and sleeps become cooperative without a change to its code.
+timeout, which must be the shorter of the two). gevent patches the standard library when the
+worker starts, so the application's threads, locks, sockets and sleeps become cooperative
+without a change to its code.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class Worker(GeventWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_timeout = read_timeout()
+        if self.cfg.keepalive and self.read_timeout <= self.cfg.keepalive:
+            # a stalled head must meet the keep-alive timeout (closed quietly) first; the
+            # read timeout firing while gunicorn parses a head is logged with a traceback
+            raise ValueError(
+                f"GUNICORN_READ_TIMEOUT ({self.read_timeout:g} s) must be longer than the"
+                f" keep-alive timeout ({self.cfg.keepalive} s)"
+            )
 
     def patch(self) -> None:
         """gevent's patch_all, without its 25 scans of every installed distribution's entry

@@ -7,6 +7,7 @@ With CI=true a missing MariaDB, Redis or broker binary fails the tests; elsewher
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -153,7 +154,7 @@ def kafka_stack(
 KEY = "served-function-admin-key-0001"
 MAX_BODY = 1024 * 1024
 THREADS_BEFORE = 4  # the gthread workers this replaced: 4 threads each
-READ_TIMEOUT = 3
+READ_TIMEOUT = 6  # longer than gunicorn's keep-alive timeout (5 s), as it must be
 BODY_TIMEOUT = 4
 
 
@@ -179,8 +180,8 @@ def status(port: int, method: str, path: str, timeout: float = 5) -> int | None:
         conn.close()
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+@contextlib.contextmanager
+def serving(tmp_path: Path) -> Iterator[Served]:
     """stock-in as the image runs it: gunicorn with the project's gunicorn.conf.py and
     shared_lib.wsgi, API keys on, one worker, on its embedded defaults (no services)."""
     port = free_port()
@@ -217,3 +218,10 @@ def served(tmp_path: Path) -> Iterator[Served]:
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=20)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """A function of its own for one test (its worker's memory is measured)."""
+    with serving(tmp_path) as function:
+        yield function

@@ -13,10 +13,25 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.badinput.conftest import BODY_TIMEOUT, KEY, READ_TIMEOUT, THREADS_BEFORE, Served, status
+from tests.badinput.conftest import (
+    BODY_TIMEOUT,
+    KEY,
+    READ_TIMEOUT,
+    THREADS_BEFORE,
+    Served,
+    serving,
+    status,
+)
 from tests.support import http, wait_until
 
 STALLED = 3 * THREADS_BEFORE
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One function for the module: each test's connections are its own."""
+    with serving(tmp_path_factory.mktemp("slow")) as function:
+        yield function
 
 
 def stalled_requests() -> list[bytes]:
