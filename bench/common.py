@@ -10,12 +10,14 @@ after it starts, then waits on a start barrier so that all of them begin togethe
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import multiprocessing as mp
 import os
 import platform
 import queue as queue_mod
 import random
+import socket
 import threading
 import time
 import traceback
@@ -69,6 +71,26 @@ class BenchConfig:
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+    """The status of one GET on a new loopback connection; None when nothing answered."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+    finally:
+        conn.close()
 
 
 def sku_name(n: int) -> str:

@@ -12,10 +12,8 @@ target (OS file cache warm), as in a container image whose layers are already on
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchConfig, Scenario
+from bench.common import BenchConfig, Scenario, free_port, http_status
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = "bench/hello/main.py"
@@ -34,30 +32,11 @@ START_TIMEOUT = 60.0
 TARGET_RATIO = 1.5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def targets() -> dict[str, str]:
     found = {
         p.parent.name: str(p.relative_to(ROOT)) for p in sorted(ROOT.glob("functions/*/main.py"))
     }
     return {"hello": HELLO, **found}
-
-
-def _live(port: int) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
-    try:
-        conn.request("GET", "/health/live")
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -102,7 +81,7 @@ def start_once(source: str) -> dict[str, Any]:
         try:
             deadline = began + START_TIMEOUT
             while time.perf_counter() < deadline:
-                status = _live(port)
+                status = http_status(port, "/health/live")
                 if status == 200:
                     return {"ok": True, "seconds": time.perf_counter() - began}
                 if proc.poll() is not None:

@@ -25,12 +25,10 @@ functions and the client had every core (1 / the stores' CPU per request).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,8 @@ from bench.common import (
     Stores,
     check_invariants,
     count_rows,
+    free_port,
+    http_status,
     level_of,
     load_gate,
     ratio,
@@ -80,25 +80,6 @@ SKUS = {
 }
 # warm-up orders go to their own SKUs, so that each variant's SKU counts only its run
 WARM = {"psi": "WARM-PSI", "conditional": "WARM-COND"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def status(port: int, path: str) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 @dataclass
@@ -133,7 +114,7 @@ class Instance:
         )
         deadline = began + START_TIMEOUT
         while time.perf_counter() < deadline:
-            if status(self.port, "/health/ready") == 200:
+            if http_status(self.port, "/health/ready", timeout=2.0) == 200:
                 return time.perf_counter() - began
             if self.process.poll() is not None:
                 break
