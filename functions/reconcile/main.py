@@ -9,15 +9,13 @@ every mutation: the same key with another body is refused (409).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING
 
 import flask
 import functions_framework
 
 from shared_lib import topics
-from shared_lib.domain.model import utcnow
+from shared_lib.domain.model import RunReconcile, utcnow
 from shared_lib.http import Call, FunctionApp, Route
 from shared_lib.http.delivery import CRON_TOPIC
 from shared_lib.services.guard import Outcome, answer_once, derived_id
@@ -39,16 +37,14 @@ def run_key_of(call: Call) -> str:
 def run(call: Call) -> Outcome:
     from shared_lib.services.reconcile import StoredAnswer
 
-    run_key, repair = run_key_of(call), call.body.repair
-    request = {"kind": "reconcile", "run_key": run_key, "repair": repair}
-    fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    command = RunReconcile(run_key_of(call), call.body.repair)
 
     def produce() -> tuple[dict[str, object], bool]:
-        result = call.platform.reconcile(run_key, repair=repair)
+        result = call.platform.reconcile(command.run_key, repair=command.repair)
         return result, isinstance(result, StoredAnswer)
 
     return answer_once(
-        call.platform.deps, call.meta.idempotency_key, fingerprint, "reconcile", produce
+        call.platform.deps, call.meta.idempotency_key, command.fingerprint(), command.kind, produce
     )
 
 

@@ -54,9 +54,6 @@ def check_text(field_name: str, value: Any, *, required: bool = False) -> str | 
     limit = TEXT_MAX[field_name.rsplit(".", 1)[-1]]
     if not isinstance(value, str) or len(value) > limit:
         raise InvalidRequest(field_name, f"must be a string of at most {limit} characters")
-    unsafe = unsafe_character(value)
-    if unsafe:
-        raise InvalidRequest(field_name, f"must not contain control characters ({unsafe})")
     return value
 
 
@@ -321,6 +318,15 @@ class ShipOrder(Command):
 class ExpireOrder(Command):
     order_id: str
     kind: ClassVar[str] = "expire_order"
+
+
+@dataclass(frozen=True)
+class RunReconcile(Command):
+    """The reconcile of one run key; its Idempotency-Key names this request."""
+
+    run_key: str
+    repair: bool = True
+    kind: ClassVar[str] = "reconcile"
 
 
 @dataclass(frozen=True)
