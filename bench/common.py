@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
 import redis
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -488,10 +489,58 @@ class RunResult:
     latencies_ms: dict[str, array]
     counters: Counter[str]
     errors: list[str] = field(default_factory=list)
+    # CPU seconds of the run by process class: clients, mariadb, redis
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    # milliseconds the server's transactions waited for row locks during the run
+    row_lock_wait_ms: float | None = None
 
     @property
     def ops(self) -> int:
         return sum(self.outcomes.values())
+
+
+def processes_named(*names: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "") in names]
+
+
+def cpu_seconds(processes: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class StoreMeter:
+    """CPU seconds of the stores' server processes (MariaDB, Redis on this machine) and the
+    row-lock waits InnoDB counted, between start and stop."""
+
+    def __init__(self, url: str | None) -> None:
+        self.classes = {
+            "mariadb": processes_named("mariadbd", "mysqld"),
+            "redis": processes_named("redis-server"),
+        }
+        self.url = url if url and url.startswith("mysql") else None
+        self.before = {name: cpu_seconds(procs) for name, procs in self.classes.items()}
+        self.lock_before = self._row_lock_time()
+
+    def _row_lock_time(self) -> float | None:
+        if self.url is None:
+            return None
+        engine = sa.create_engine(self.url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                row = conn.exec_driver_sql("SHOW GLOBAL STATUS LIKE 'Innodb_row_lock_time'").first()
+            return float(row[1]) if row else None
+        finally:
+            engine.dispose()
+
+    def stop(self) -> tuple[dict[str, float], float | None]:
+        used = {n: round(cpu_seconds(p) - self.before[n], 3) for n, p in self.classes.items()}
+        after = self._row_lock_time()
+        waited = None if after is None or self.lock_before is None else after - self.lock_before
+        return used, waited
 
 
 def _context() -> Any:
@@ -525,6 +574,7 @@ def _client_main(
     outcomes: Counter[str] = Counter()
     errors: list[str] = []
     start = time.monotonic()
+    cpu_start = time.process_time()
     deadline = start + duration if duration is not None else float("inf")
     i = failures = 0
     while i < quota and time.monotonic() < deadline and failures < MAX_ERRORS_PER_CLIENT:
@@ -541,6 +591,7 @@ def _client_main(
         outcomes[outcome] += 1
         i += 1
     end = time.monotonic()
+    cpu = time.process_time() - cpu_start
     try:
         counters = client.close()
     except Exception:
@@ -552,6 +603,7 @@ def _client_main(
         outcomes=outcomes,
         counters=counters,
         errors=errors,
+        cpu_s=cpu,
     )
     results.put(report)
 
@@ -585,9 +637,11 @@ def run_clients(
     for proc in procs:
         proc.start()
     reports: list[dict[str, Any]] = []
+    meter: StoreMeter | None = None
     try:
         # a client that failed to start breaks the barrier; its report says why
         with contextlib.suppress(threading.BrokenBarrierError):
+            meter = StoreMeter(config.get("url"))
             barrier.wait(timeout=BARRIER_TIMEOUT)
         give_up = time.monotonic() + (duration or 0.0) + timeout
         while len(reports) < clients and time.monotonic() < give_up:
@@ -618,7 +672,9 @@ def run_clients(
         for outcome, values in r["latencies"].items():
             latencies.setdefault(outcome, array("d")).extend(values)
     wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    return RunResult(clients, wall, outcomes, latencies, counters, errors[:10])
+    cpu, waited = meter.stop() if meter is not None else ({}, None)
+    cpu["clients"] = round(sum(r.get("cpu_s", 0.0) for r in reports), 3)
+    return RunResult(clients, wall, outcomes, latencies, counters, errors[:10], cpu, waited)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -658,6 +714,16 @@ def summarize(run: RunResult, *, won: Sequence[str] = ("ok", "ok_degraded")) -> 
             o: {"p50_ms": _ms(percentile(v, 50)), "p99_ms": _ms(percentile(v, 99))}
             for o, v in sorted(run.latencies_ms.items())
         }
+    if run.ops and run.cpu_s:
+        per = {name: round(s / run.ops * 1000, 4) for name, s in run.cpu_s.items()}
+        out["cpu_ms_per_op"] = per
+        stores = per.get("mariadb", 0.0) + per.get("redis", 0.0)
+        # what the stores could carry if the clients had every core: 1 / their CPU per op
+        out["ceiling_ops_per_s"] = round(1000 / stores) if stores >= 0.001 else None
+    if run.row_lock_wait_ms is not None and run.wall_s > 0:
+        # the share of the clients' time spent waiting for a row lock
+        share = run.row_lock_wait_ms / 1000 / (run.clients * run.wall_s)
+        out["row_lock_wait_share"] = round(min(share, 1.0), 3)
     if run.counters:
         out["counters"] = dict(sorted(run.counters.items()))
     if run.errors:

@@ -53,6 +53,21 @@ def _rows(name: str, scenario: dict[str, Any]) -> tuple[list[str], list[list[str
             head += ["wall s", "SQL stmts by losers"]
             for row, d in zip(rows, variants.values(), strict=True):
                 row += [_fmt(d.get("wall_s"), 2), _fmt(d.get("statements_from_losers"))]
+        if any("cpu_ms_per_op" in d for d in variants.values()):
+            head += [
+                *("clients CPU ms/op", "MariaDB ms/op", "Redis ms/op", "ceiling ops/s"),
+                "row-lock wait",
+            ]
+            for row, d in zip(rows, variants.values(), strict=True):
+                cpu = d.get("cpu_ms_per_op", {})
+                share = d.get("row_lock_wait_share")
+                row += [
+                    _fmt(cpu.get("clients"), 3),
+                    _fmt(cpu.get("mariadb"), 3),
+                    _fmt(cpu.get("redis"), 3),
+                    _fmt(d.get("ceiling_ops_per_s")),
+                    "-" if share is None else f"{share:.0%}",
+                ]
         return head, rows
     if name == "http":
         head = [

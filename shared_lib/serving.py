@@ -61,3 +61,15 @@ class Worker(GeventWorker):
         # GeventWorker.handle makes the socket blocking, with no timeout; this one has one
         client.settimeout(self.read_timeout)
         AsyncWorker.handle(self, listener, client, addr)
+
+    def handle_request(self, *args: Any) -> Any:
+        """One request, then a turn for every other connection: a keep-alive client whose
+        next request is already in the socket would otherwise be served again and again
+        without a switch (a read with data waiting does not yield), and the worker's other
+        connections wait behind it for seconds."""
+        import gevent
+
+        try:
+            return super().handle_request(*args)
+        finally:
+            gevent.sleep(0)

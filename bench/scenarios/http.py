@@ -45,9 +45,11 @@ import psutil
 from bench.common import (
     BenchConfig,
     Scenario,
+    StoreMeter,
     Stores,
     check_invariants,
     count_rows,
+    cpu_seconds,
     free_port,
     http_status,
     level_of,
@@ -166,30 +168,15 @@ class CpuMeter:
     """CPU seconds by process class over one measured run."""
 
     def __init__(self, functions: Sequence[Instance]) -> None:
-        self.classes: dict[str, list[psutil.Process]] = {
-            "functions": [p for i in functions for p in i.processes()],
-            "mariadb": _named("mariadbd", "mysqld"),
-            "redis": _named("redis-server"),
-        }
-        self.before = {name: _cpu(procs) for name, procs in self.classes.items()}
+        self.functions = [p for i in functions for p in i.processes()]
+        self.before = cpu_seconds(self.functions)
+        self.stores = StoreMeter(None)
 
     def seconds(self, client: float) -> dict[str, float]:
-        used = {n: round(_cpu(p) - self.before[n], 3) for n, p in self.classes.items()}
+        used, _ = self.stores.stop()
+        used["functions"] = round(cpu_seconds(self.functions) - self.before, 3)
         used["client"] = round(client, 3)
         return used
-
-
-def _named(*names: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "") in names]
-
-
-def _cpu(processes: Sequence[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 def wrk(

@@ -323,6 +323,11 @@ class FunctionApp:
         if request.environ.get(BODY_BROKEN):
             reply.headers["Connection"] = "close"
             return
+        length, raw = request.content_length, request.environ.get(RAW_BODY)
+        if raw is not None and length == len(raw):
+            return  # read to its end
+        if not length and "Transfer-Encoding" not in request.headers:
+            return  # nothing was sent
         left = self.settings.max_body_bytes
         try:
             with _body_deadline(self.settings.body_timeout_seconds):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
+
 import pytest
 import redis
 import sqlalchemy as sa
@@ -185,3 +188,36 @@ def test_a_gate_that_lost_its_data_heals_without_waiting_for_an_order(
         healer.join()
     assert available(gate, "W2", "A") == 7
     assert gate.client.exists(f"{gate.tag('W2')}:req:{request_id('r')}") == 1
+
+
+def scripted_commands(client: redis.Redis, prefix: str, action: Callable[[], object]) -> list[str]:
+    """The commands Redis ran on `prefix`'s keys while `action` ran, those its scripts ran
+    included (MONITOR shows them), up to a marker sent after it."""
+    marker = f"psi-marker-{uuid.uuid4().hex}"
+    seen: list[str] = []
+    with client.monitor() as monitor:
+        action()
+        client.echo(marker)
+        for _ in range(10_000):
+            command = str(monitor.next_command()["command"])
+            if marker in command:
+                return [c for c in seen if prefix in c]
+            seen.append(command)
+    raise AssertionError("the marker never reached MONITOR")
+
+
+def test_a_refused_hold_looks_at_the_oldest_deadline_and_sweeps_nothing_before_it(
+    gate: RedisGate, redis_client: redis.Redis
+):
+    """A flash sale's losers run the hold script thousands of times a second: while no hold
+    has run out, each looks at the oldest deadline (O(1)) and does not sweep."""
+    ready(gate, "W1", A=1)
+    assert gate.try_hold("W1", "winner", "fp", [Line("A", 1)], 60_000).answer is GateAnswer.HELD
+
+    def lose() -> None:
+        assert gate.try_hold("W1", "loser", "fp", [Line("A", 1)], 60_000).answer is GateAnswer.SHORT
+
+    commands = scripted_commands(redis_client, gate.prefix, lose)
+    names = [c.split()[0].strip('"').upper() for c in commands]
+    assert "ZRANGE" in names, commands
+    assert "ZRANGEBYSCORE" not in names, commands

@@ -36,3 +36,17 @@ def test_a_plain_url_connects_without_a_tls_context(mysql_server: str) -> None:
     finally:
         engine.dispose()
         drop_mysql_database(mysql_server, url)
+
+
+def test_connections_run_in_strict_mode_whatever_the_servers_default(mysql_server: str) -> None:
+    """A value too long for its column fails its statement; a non-strict server default
+    would cut it silently (and the batch path's documents rely on the server's checks)."""
+    url = create_mysql_database(mysql_server)
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            modes = set(str(conn.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar()).split(","))
+        assert "STRICT_ALL_TABLES" in modes
+    finally:
+        engine.dispose()
+        drop_mysql_database(mysql_server, url)

@@ -59,6 +59,13 @@ def test_quick_bench_writes_every_scenario_with_correctness_counts(
         assert set(variant) >= RUN_FIELDS
         assert variant["succeeded"] > 0 and variant["failed"] == 0
     assert hot["psi_order_path"]["orders"] == hot["psi_order_path"]["succeeded"]
+    for name, variant in hot.items():
+        cpu = variant["cpu_ms_per_op"]
+        assert {"clients", "mariadb", "redis"} <= set(cpu), name
+        assert cpu["clients"] > 0, name
+    for name in ("mysql_for_update", "mysql_conditional", "psi_order_path"):
+        assert 0 <= hot[name]["row_lock_wait_share"] <= 1, name
+        assert hot[name]["ceiling_ops_per_s"] > 0, name
 
     flash = data["scenarios"]["flash_sale"]
     psi = flash["variants"]["psi_order_path"]
@@ -69,6 +76,7 @@ def test_quick_bench_writes_every_scenario_with_correctness_counts(
     assert psi["checkouts_from_losers"] == 0
     assert flash["variants"]["redis_evalsha"]["succeeded"] == flash["params"]["units"]
     assert flash["targets"]["statements_from_losers"]["met"] is True
+    assert psi["cpu_ms_per_op"]["clients"] > 0 and psi["ceiling_ops_per_s"] > 0
 
     many = data["scenarios"]["many_skus"]
     assert set(many["variants"]) == {f"clients_{n}" for n in many["params"]["clients"]}

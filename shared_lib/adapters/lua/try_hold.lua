@@ -44,14 +44,36 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_ready'}
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tag = ARGV[1]
 
--- holds whose request never settled (a crash between try and persist) give their units back
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
-for _, req in ipairs(expired) do
-  drop_hold(tag, KEYS[2], req)
+-- every line's availability; the short ones as {i, available, known}
+local function shortfalls()
+  local short = {}
+  for i = 1, n do
+    local v = redis.call('HMGET', KEYS[4 + i], 'oh', 'rs', 'hd')
+    local available = -1
+    if v[1] then
+      available = tonumber(v[1]) - tonumber(v[2] or 0) - tonumber(v[3] or 0)
+    end
+    if available < qty[i] then
+      short[#short + 1] = i
+      short[#short + 1] = math.max(available, 0)
+      short[#short + 1] = v[1] and 1 or 0
+    end
+  end
+  return short
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- holds whose request never settled (a crash between try and persist) give their units
+-- back; an O(1) look at the oldest deadline first, so that the sweep runs only when due
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if oldest[2] and tonumber(oldest[2]) <= now then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
+  for _, req in ipairs(expired) do
+    drop_hold(tag, KEYS[2], req)
+  end
 end
 -- a hold is one per request: a retry whose marker ran out before the sweep reached its old
 -- hold gives that hold back first, or its units would count twice in hd
@@ -59,19 +81,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   drop_hold(tag, KEYS[2], ARGV[2])
 end
 
-local short = {}
-for i = 1, n do
-  local v = redis.call('HMGET', KEYS[4 + i], 'oh', 'rs', 'hd')
-  local available = -1
-  if v[1] then
-    available = tonumber(v[1]) - tonumber(v[2] or 0) - tonumber(v[3] or 0)
-  end
-  if available < qty[i] then
-    short[#short + 1] = i
-    short[#short + 1] = math.max(available, 0)
-    short[#short + 1] = v[1] and 1 or 0
-  end
-end
+local short = shortfalls()
 if #short > 0 then
   table.insert(short, 1, 'short')
   return short
