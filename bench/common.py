@@ -40,7 +40,8 @@ from sqlalchemy.pool import NullPool
 from shared_lib.adapters import schema
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
-from shared_lib.adapters.sql import SqlTransactions, make_engine
+from shared_lib.adapters.sql import SqlTransactions
+from shared_lib.adapters.sql_engine import make_engine
 from shared_lib.domain.errors import InsufficientStock
 from shared_lib.domain.model import Line, PlaceOrder, RequestMeta
 from shared_lib.services import Deps, place_order

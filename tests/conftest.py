@@ -18,10 +18,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from psi_local.broker import BrokerError, EmbeddedBroker, resolve_broker_binary
 from shared_lib.adapters import schema
 from shared_lib.adapters.redis_gate import RedisGate
-from shared_lib.adapters.sql import SqlTransactions, make_engine
-from shared_lib.devstack.broker import BrokerError, EmbeddedBroker, resolve_broker_binary
+from shared_lib.adapters.sql import SqlTransactions
+from shared_lib.adapters.sql_engine import make_engine
 from shared_lib.domain.model import utcnow
 from tests.support import wait_until
 

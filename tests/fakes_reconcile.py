@@ -9,12 +9,14 @@ from datetime import datetime
 from typing import Any
 
 from shared_lib.adapters.redis_gate import GateLevel
+from shared_lib.adapters.reports import render_report
 from shared_lib.domain.model import Level, OrderStatus
 from shared_lib.services.reconcile import (
     FAILED,
     FINISHED,
     RUNNING,
     Balance,
+    DriftRows,
     ExpiredHold,
     RunRecord,
 )
@@ -86,10 +88,16 @@ class MemoryReports:
         self.fail_with: Exception | None = None
 
     def put(
-        self, run_id: str, json_bytes: bytes, csv_bytes: bytes, *, at: datetime | None = None
+        self,
+        run_id: str,
+        summary: Mapping[str, Any],
+        drift: DriftRows,
+        *,
+        at: datetime | None = None,
     ) -> str:
         if self.fail_with is not None:
             raise self.fail_with
+        json_bytes, csv_bytes = render_report(summary, drift)
         self.reports[run_id] = (json_bytes, csv_bytes, at)
         return f"memory://reports/{run_id}.json"
 

@@ -13,7 +13,7 @@ import flask
 import functions_framework
 import sqlalchemy as sa
 
-from shared_lib.adapters.sql import make_engine
+from shared_lib.adapters.sql_engine import make_engine
 
 ENGINE = make_engine(os.environ["PSI_DATABASE_URL"])
 RESERVE = sa.text(

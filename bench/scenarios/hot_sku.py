@@ -31,7 +31,7 @@ from bench.common import (
     seed_levels,
     summarize,
 )
-from shared_lib.adapters.sql import make_engine
+from shared_lib.adapters.sql_engine import make_engine
 from shared_lib.domain.model import utcnow
 
 QUICK = {"clients": 8, "duration_s": 1.0}

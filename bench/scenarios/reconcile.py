@@ -135,7 +135,8 @@ def _child(url: str, redis_url: str, prefix: str, data_dir: str, results: Any) -
         import redis
 
         from shared_lib.adapters.redis_gate import RedisGate
-        from shared_lib.adapters.sql import SqlTransactions, make_engine
+        from shared_lib.adapters.sql import SqlTransactions
+        from shared_lib.adapters.sql_engine import make_engine
         from shared_lib.services import Deps
 
         me = psutil.Process()

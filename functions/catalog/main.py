@@ -10,7 +10,8 @@ import functions_framework
 from shared_lib.domain.catalog import DeleteProduct, PutProduct, PutWarehouse
 from shared_lib.domain.errors import UnknownSku, UnknownWarehouse
 from shared_lib.domain.model import SKU_MAX, WAREHOUSE_MAX, check_code
-from shared_lib.http import Call, FunctionApp, Reply, Route
+from shared_lib.http.app import FunctionApp
+from shared_lib.http.routes import Call, Reply, Route
 from shared_lib.services import Outcome
 from shared_lib.services import catalog as services
 from shared_lib.services.queries import (
@@ -83,48 +84,50 @@ app = FunctionApp(
             "GET",
             "/products",
             list_products,
-            "stock:read",
-            "Products by sku, in pages",
+            scope="stock:read",
+            summary="Products by sku, in pages",
             query=("limit", "cursor"),
         ),
         Route(
             "PUT",
             "/products/{sku}",
             put_product,
-            "stock:write",
-            "Create a product (201) or replace all its fields (200)",
+            scope="stock:write",
+            summary="Create a product (201) or replace all its fields (200)",
             body="ProductBody",
             created=True,
             responses={201: "Created", 200: "An existing product was replaced"},
         ),
-        Route("GET", "/products/{sku}", show_product, "stock:read", "One product"),
+        Route("GET", "/products/{sku}", show_product, scope="stock:read", summary="One product"),
         Route(
             "DELETE",
             "/products/{sku}",
             delete_product,
-            "stock:write",
-            "Delete a product that never held stock",
+            scope="stock:write",
+            summary="Delete a product that never held stock",
             responses={409: "The product has stock, ledger history or order lines"},
         ),
         Route(
             "GET",
             "/warehouses",
             list_warehouses,
-            "stock:read",
-            "Warehouses by code, in pages",
+            scope="stock:read",
+            summary="Warehouses by code, in pages",
             query=("limit", "cursor"),
         ),
         Route(
             "PUT",
             "/warehouses/{code}",
             put_warehouse,
-            "stock:write",
-            "Create a warehouse (201) or rename it (200)",
+            scope="stock:write",
+            summary="Create a warehouse (201) or rename it (200)",
             body="WarehouseBody",
             created=True,
             responses={201: "Created", 200: "An existing warehouse was renamed"},
         ),
-        Route("GET", "/warehouses/{code}", show_warehouse, "stock:read", "One warehouse"),
+        Route(
+            "GET", "/warehouses/{code}", show_warehouse, scope="stock:read", summary="One warehouse"
+        ),
     ],
     description="Products and warehouses: the catalog every stock movement refers to.",
     needs_redis=False,

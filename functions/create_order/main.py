@@ -10,7 +10,8 @@ import functions_framework
 from shared_lib import services
 from shared_lib.domain.errors import UnknownOrder
 from shared_lib.domain.model import ORDER_ID_MAX, CancelOrder, PlaceOrder, check_code
-from shared_lib.http import Call, FunctionApp, Reply, Route, outcome_metric
+from shared_lib.http.app import FunctionApp, outcome_metric
+from shared_lib.http.routes import Call, Reply, Route
 from shared_lib.services import Outcome
 from shared_lib.services.guard import derived_id
 from shared_lib.services.queries import order_view
@@ -50,18 +51,24 @@ app = FunctionApp(
             "POST",
             "/",
             create,
-            "orders:write",
-            "Place an order: reserve all lines or none",
+            scope="orders:write",
+            summary="Place an order: reserve all lines or none",
             body="OrderBody",
             created=True,
         ),
-        Route("GET", "/{order_id}", show, "stock:read", "An order with its lines and status"),
+        Route(
+            "GET",
+            "/{order_id}",
+            show,
+            scope="stock:read",
+            summary="An order with its lines and status",
+        ),
         Route(
             "POST",
             "/{order_id}/cancel",
             cancel,
-            "orders:write",
-            "Cancel a reserved order and release its stock",
+            scope="orders:write",
+            summary="Cancel a reserved order and release its stock",
         ),
     ],
     description="Sales orders (TCC: try in Redis, persist in MySQL, confirm by stock-out).",

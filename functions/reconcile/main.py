@@ -16,8 +16,9 @@ import functions_framework
 
 from shared_lib import topics
 from shared_lib.domain.model import RunReconcile, utcnow
-from shared_lib.http import Call, FunctionApp, Route
+from shared_lib.http.app import FunctionApp
 from shared_lib.http.delivery import CRON_TOPIC
+from shared_lib.http.routes import Call, Route
 from shared_lib.services.guard import Outcome, answer_once, derived_id
 
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ app = FunctionApp(
             "POST",
             "/",
             run,
-            "admin",
-            "Run (or answer for) the reconcile of a run key",
+            scope="admin",
+            summary="Run (or answer for) the reconcile of a run key",
             body="ReconcileBody",
             topic=topics.RECONCILE_REQUESTED,
             also_topics=(CRON_TOPIC,),

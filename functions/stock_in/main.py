@@ -9,7 +9,8 @@ import functions_framework
 
 from shared_lib import services, topics
 from shared_lib.domain.model import AdjustStock, ReceiveStock
-from shared_lib.http import Call, FunctionApp, Route, outcome_metric
+from shared_lib.http.app import FunctionApp, outcome_metric
+from shared_lib.http.routes import Call, Route
 from shared_lib.services import Outcome
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ app = FunctionApp(
             "POST",
             "/",
             receive,
-            "stock:write",
-            "Receive goods into a warehouse",
+            scope="stock:write",
+            summary="Receive goods into a warehouse",
             body="StockInBody",
             created=True,
             topic=topics.STOCK_IN_REQUESTED,
@@ -49,8 +50,8 @@ app = FunctionApp(
             "POST",
             "/adjustments",
             adjust,
-            "stock:write",
-            "Cycle count: set on_hand to the counted quantity",
+            scope="stock:write",
+            summary="Cycle count: set on_hand to the counted quantity",
             body="AdjustBody",
         ),
     ],

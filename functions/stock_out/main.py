@@ -9,7 +9,8 @@ import functions_framework
 
 from shared_lib import services, topics
 from shared_lib.domain.model import IssueStock, ShipOrder, TransferStock
-from shared_lib.http import Call, FunctionApp, Route, outcome_metric
+from shared_lib.http.app import FunctionApp, outcome_metric
+from shared_lib.http.routes import Call, Route
 from shared_lib.services import Outcome
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ app = FunctionApp(
             "POST",
             "/",
             issue_or_ship,
-            "stock:write",
-            "Ship a reserved order ({order_id}) or issue goods directly",
+            scope="stock:write",
+            summary="Ship a reserved order ({order_id}) or issue goods directly",
             body=stock_out_body,
             body_schema=["ShipBody", "IssueBody"],
             topic=topics.STOCK_OUT_REQUESTED,
@@ -68,8 +69,8 @@ app = FunctionApp(
             "POST",
             "/transfers",
             transfer,
-            "stock:write",
-            "Move goods between warehouses",
+            scope="stock:write",
+            summary="Move goods between warehouses",
             body="TransferBody",
         ),
     ],

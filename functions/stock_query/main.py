@@ -7,7 +7,8 @@ import functions_framework
 
 from shared_lib.domain.errors import UnknownSku
 from shared_lib.domain.model import SKU_MAX, WAREHOUSE_MAX, check_code
-from shared_lib.http import Call, FunctionApp, Reply, Route
+from shared_lib.http.app import FunctionApp
+from shared_lib.http.routes import Call, Reply, Route
 from shared_lib.services.queries import (
     Page,
     code_filter,
@@ -62,31 +63,31 @@ app = FunctionApp(
             "GET",
             "/levels",
             levels,
-            "stock:read",
-            "Balances by warehouse and sku",
+            scope="stock:read",
+            summary="Balances by warehouse and sku",
             query=("warehouse", "sku", "limit", "cursor"),
         ),
         Route(
             "GET",
             "/levels/{sku}",
             levels_of_sku,
-            "stock:read",
-            "One product's balance in every warehouse, with totals",
+            scope="stock:read",
+            summary="One product's balance in every warehouse, with totals",
         ),
         Route(
             "GET",
             "/low-stock",
             low_stock,
-            "stock:read",
-            "Balances whose available is at or below the reorder point",
+            scope="stock:read",
+            summary="Balances whose available is at or below the reorder point",
             query=("warehouse", "limit", "cursor"),
         ),
         Route(
             "GET",
             "/movements",
             movements,
-            "stock:read",
-            "Ledger rows, newest first",
+            scope="stock:read",
+            summary="Ledger rows, newest first",
             query=("sku", "warehouse", "limit", "cursor"),
         ),
     ],

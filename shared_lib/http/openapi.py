@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel
 
-from shared_lib.http.app import body_model
-
-if TYPE_CHECKING:
-    from shared_lib.http.app import FunctionApp, Route
+from shared_lib.http.routes import Route, body_model
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 ERROR_SCHEMA = {
@@ -83,10 +81,10 @@ def _add_model(components: dict[str, Any], model: type[BaseModel]) -> dict[str, 
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def document(app: FunctionApp) -> dict[str, Any]:
+def document(name: str, description: str, routes: Sequence[Route]) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": ERROR_SCHEMA, "Level": LEVEL_SCHEMA}
     paths: dict[str, Any] = {}
-    for route in app.routes:
+    for route in routes:
         operation: dict[str, Any] = {
             "summary": route.summary,
             "operationId": re.sub(r"\W+", "_", f"{route.method} {route.path}").strip("_").lower(),
@@ -164,9 +162,9 @@ def document(app: FunctionApp) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": f"PSI Functions: {app.name}",
+            "title": f"PSI Functions: {name}",
             "version": "0.1.0",
-            "description": app.description,
+            "description": description,
         },
         "paths": paths,
         "components": {

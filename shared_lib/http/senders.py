@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared_lib import logs
 from shared_lib.domain.errors import StoreUnavailable
-from shared_lib.http.auth import AuthError
+from shared_lib.http.errors import AuthError
 
 if TYPE_CHECKING:
     import jwt

@@ -26,9 +26,9 @@ import redis
 import sqlalchemy as sa
 from flask import Flask
 
+from psi_local.stack import LocalStack
 from shared_lib import bootstrap
 from shared_lib.config import get_settings
-from shared_lib.devstack.stack import LocalStack
 from tests.conftest import (
     create_mysql_database,
     drop_mysql_database,

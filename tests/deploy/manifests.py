@@ -5,7 +5,7 @@ test's tmp_path - and returns a list of :class:`Problem`; empty means consistent
 The code side (topic names, settings, secret names) always comes from the imported
 ``shared_lib``; the deployment side is read from files under ``root``:
 
-    stack.yml, template/psi-python/, Dockerfile, gunicorn.conf.py, shared_lib/wsgi.py,
+    stack.yml, Dockerfile, requirements.lock, gunicorn.conf.py, shared_lib/wsgi.py,
     infra/knative/*.yaml (Knative Serving/Eventing), infra/data/*.yaml (stores)
 
 Core Kubernetes kinds are validated with ``kubernetes-validate`` (strict schemas of
@@ -42,7 +42,11 @@ SCHEMA_DIR = Path(__file__).parent / "schemas"
 KUBERNETES_DEFINITIONS_ID = "https://kubernetes.io/api/_definitions.json"
 
 STACK_FILE = "stack.yml"
-TEMPLATE_DIR = "template/psi-python"
+# the one image every function runs (stack.yml and the Knative Services), chosen by FUNCTION_DIR
+IMAGE_NAME = "psi"
+LOCK_FILE = "requirements.lock"
+# python:3.11-slim, pinned by the digest of its multi-platform index
+BASE_IMAGE = re.compile(r"^python:3\.11-slim@sha256:[0-9a-f]{64}$")
 KNATIVE_DIR = "infra/knative"
 DATA_DIR = "infra/data"
 FUNCTIONS_DIR = "functions"
@@ -296,39 +300,41 @@ def check_functions_deployed(root: Path) -> list[Problem]:
 
 
 def image_name(image: str) -> tuple[str, str]:
-    """'ghcr.io/psi-functions/stock-in:0.1.0' -> ('stock-in', '0.1.0')."""
+    """'ghcr.io/psi-functions/psi:0.1.0' -> ('psi', '0.1.0')."""
     repository, _, tag = image.rpartition(":")
     return repository.rsplit("/", 1)[-1], tag
 
 
 def check_images(root: Path) -> list[Problem]:
-    """Images are named after the function and tagged alike in stack.yml and Knative."""
+    """Every function runs the one image, the same in stack.yml and Knative, and starts the
+    function of its handler directory (FUNCTION_DIR); stack.yml builds nothing."""
     problems = []
-    stack_images: dict[str, str] = {}
+    images: dict[str, str] = {}
     for name, spec in stack_functions(root).items():
         directory = handler_dir(str(spec.get("handler", "")))
-        if directory is None:
-            continue
         image = str(spec.get("image", ""))
-        if image_name(image)[0] != dashed(directory):
+        images.setdefault(image, f"stack.yml {name}")
+        if image_name(image)[0] != IMAGE_NAME:
+            problems.append(Problem(STACK_FILE, f"{name}: image {image} is not {IMAGE_NAME}"))
+        if spec.get("skip_build") is not True or str(spec.get("lang")) != "dockerfile":
             problems.append(
-                Problem(STACK_FILE, f"{name}: image {image} is not named {dashed(directory)}")
+                Problem(STACK_FILE, f"{name}: the image is pre-built: lang dockerfile, skip_build")
             )
-        stack_images.setdefault(dashed(directory), image)
+        chosen = (spec.get("environment") or {}).get("FUNCTION_DIR")
+        if directory is not None and chosen != directory:
+            problems.append(
+                Problem(STACK_FILE, f"{name}: environment FUNCTION_DIR {chosen!r}, not {directory}")
+            )
     for name, doc in knative_services(root).items():
         image = str(service_container(doc).get("image", ""))
-        if image_name(image)[0] != name:
+        images.setdefault(image, f"Knative Service {name}")
+        if image_name(image)[0] != IMAGE_NAME:
             problems.append(
-                Problem(doc.file, f"Knative Service {name}: image {image} is not {name}")
+                Problem(doc.file, f"Knative Service {name}: image {image} is not {IMAGE_NAME}")
             )
-        elif name in stack_images and stack_images[name] != image:
-            problems.append(
-                Problem(
-                    doc.file,
-                    f"Knative Service {name}: image {image} differs from stack.yml "
-                    f"{stack_images[name]}",
-                )
-            )
+    if len(images) > 1:
+        listed = ", ".join(f"{image} ({where})" for image, where in images.items())
+        problems.append(Problem(KNATIVE_DIR, f"the functions run more than one image: {listed}"))
     return problems
 
 
@@ -624,10 +630,8 @@ def check_environment(root: Path) -> list[Problem]:
             problems.append(
                 Problem(doc.file, f"Knative Service {name}: envFrom lacks {KNATIVE_CONFIGMAP}")
             )
-    for dockerfile in ("Dockerfile", f"{TEMPLATE_DIR}/Dockerfile"):
-        env = dockerfile_env(root / dockerfile)
-        psi = [n for n in env if n.startswith(ENV_PREFIX)]
-        problems += check_env_names(dockerfile, "ENV", psi)
+    env = dockerfile_env(root / "Dockerfile")
+    problems += check_env_names("Dockerfile", "ENV", [n for n in env if n.startswith(ENV_PREFIX)])
     return problems
 
 
@@ -786,13 +790,6 @@ def check_schemas(root: Path) -> list[Problem]:
     problems += validate_with_schema(
         STACK_FILE, "stack", load_stack(root), SCHEMA_DIR / "openfaas-stack.schema.json"
     )
-    template = f"{TEMPLATE_DIR}/template.yml"
-    problems += validate_with_schema(
-        template,
-        "template",
-        yaml.safe_load((root / template).read_text(encoding="utf-8")),
-        SCHEMA_DIR / "openfaas-template.schema.json",
-    )
     for directory in (KNATIVE_DIR, DATA_DIR):
         file = f"{directory}/kustomization.yaml"
         problems += validate_with_schema(
@@ -870,44 +867,38 @@ def expand_args(text: str, args: dict[str, str]) -> str:
 
 
 def check_dockerfiles(root: Path) -> list[Problem]:
-    """Both images: slim Python 3.11, non-root, gunicorn + shared_lib.wsgi, port 8080."""
+    """The image: python:3.11-slim pinned by digest, exactly the lock installed (hashes
+    checked), non-root, gunicorn + shared_lib.wsgi, port 8080."""
     problems = []
-    for file in ("Dockerfile", f"{TEMPLATE_DIR}/Dockerfile"):
-        steps = list(dockerfile_instructions(root / file))
-        args = {a.split("=", 1)[0]: a.split("=", 1)[-1] for i, a in steps if i == "ARG"}
-        bases = [a.split()[0] for i, a in steps if i == "FROM"]
-        final = bases[-1] if bases else ""
-        final = expand_args(final, args)
-        if final != "python:3.11-slim":
-            problems.append(Problem(file, f"runtime base image is {final!r}, not python:3.11-slim"))
-        users = [a for i, a in steps if i == "USER"]
-        if not users or users[-1].split(":")[0] in ("", "0", "root"):
-            problems.append(Problem(file, "the image must run as a non-root user"))
-        cmd = next((a for i, a in reversed(steps) if i == "CMD"), "")
-        if "gunicorn.conf.py" not in cmd or "shared_lib.wsgi:app" not in cmd:
+    file = "Dockerfile"
+    steps = list(dockerfile_instructions(root / file))
+    args = {a.split("=", 1)[0]: a.split("=", 1)[-1] for i, a in steps if i == "ARG"}
+    bases = [expand_args(a.split()[0], args) for i, a in steps if i == "FROM"]
+    stages = {a.split()[-1] for i, a in steps if i == "FROM" and " AS " in a.upper()}
+    for base in bases:
+        if base not in stages and not BASE_IMAGE.match(base):
             problems.append(
-                Problem(file, "CMD must run gunicorn with gunicorn.conf.py shared_lib.wsgi:app")
+                Problem(file, f"base image {base!r} is not python:3.11-slim pinned by digest")
             )
-        if dockerfile_env(root / file).get("PORT") != "8080":
-            problems.append(Problem(file, "ENV PORT must be 8080"))
-    copies = load_stack(root).get("configuration", {}).get("copy") or []
-    for path in copies:
-        if not (root / path).exists():
-            problems.append(Problem(STACK_FILE, f"configuration.copy: {path} does not exist"))
-    needed = set()
-    for instruction, arguments in dockerfile_instructions(root / TEMPLATE_DIR / "Dockerfile"):
-        if instruction == "COPY" and not arguments.startswith("--from"):
-            for source in arguments.split()[:-1]:
-                part = source.removeprefix("function/").rstrip("/").split("/")[0]
-                if source.startswith("function/") and part:
-                    needed.add(part)
-    for part in sorted(needed - set(copies) - {"main.py"}):
+    runs = [a for i, a in steps if i == "RUN"]
+    locked = f"--require-hashes --no-deps -r {LOCK_FILE}"
+    if not any(locked in run for run in runs):
+        problems.append(Problem(file, f"the image must install {LOCK_FILE} ({locked})"))
+    loose = [r for r in runs if "pip install" in r and locked not in r and "--no-deps" not in r]
+    for run in loose:
+        problems.append(Problem(file, f"pip installs past the lock: {run}"))
+    if not (root / LOCK_FILE).is_file():
+        problems.append(Problem(LOCK_FILE, "missing: make lock writes it"))
+    users = [a for i, a in steps if i == "USER"]
+    if not users or users[-1].split(":")[0] in ("", "0", "root"):
+        problems.append(Problem(file, "the image must run as a non-root user"))
+    cmd = next((a for i, a in reversed(steps) if i == "CMD"), "")
+    if "gunicorn.conf.py" not in cmd or "shared_lib.wsgi:app" not in cmd:
         problems.append(
-            Problem(
-                STACK_FILE,
-                f"the psi-python template copies function/{part}: add it to configuration.copy",
-            )
+            Problem(file, "CMD must run gunicorn with gunicorn.conf.py shared_lib.wsgi:app")
         )
+    if dockerfile_env(root / file).get("PORT") != "8080":
+        problems.append(Problem(file, "ENV PORT must be 8080"))
     return problems
 
 

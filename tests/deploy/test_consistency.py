@@ -8,6 +8,7 @@ functions exist; the drift tests run on a copy with stub functions, so they do n
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ COPIED = (
     ".dockerignore",
     "gunicorn.conf.py",
     "pyproject.toml",
-    "template",
+    "requirements.lock",
     "infra",
     "shared_lib/wsgi.py",
     "shared_lib/serving.py",
@@ -481,25 +482,52 @@ def test_concurrency_mismatch_is_reported(copy: Path) -> None:
 
 def test_image_tag_drift_is_reported(copy: Path) -> None:
     def retag(documents: list[dict[str, Any]]) -> None:
-        container(documents)["image"] = "ghcr.io/psi-functions/catalog:0.2.0"
+        container(documents)["image"] = "ghcr.io/psi-functions/psi:0.2.0"
 
     edit_documents(copy, "infra/knative/service-catalog.yaml", retag)
     assert manifests.check_images(copy) == [
         Problem(
-            "infra/knative/service-catalog.yaml",
-            "Knative Service catalog: image ghcr.io/psi-functions/catalog:0.2.0 differs from "
-            "stack.yml ghcr.io/psi-functions/catalog:0.1.0",
+            "infra/knative",
+            "the functions run more than one image: ghcr.io/psi-functions/psi:0.1.0 (stack.yml"
+            " stock-in), ghcr.io/psi-functions/psi:0.2.0 (Knative Service catalog)",
         )
     ]
 
 
-def test_template_needs_what_it_copies(copy: Path) -> None:
-    edit_stack(copy, lambda stack: stack["configuration"]["copy"].remove("shared_lib"))
+def test_a_function_image_of_its_own_is_reported(copy: Path) -> None:
+    def own(stack: dict[str, Any]) -> None:
+        stack["functions"]["catalog"]["image"] = "ghcr.io/psi-functions/psi:0.1.0"
+        stack["functions"]["catalog"]["environment"]["FUNCTION_DIR"] = "stock_in"
+        stack["functions"]["catalog"]["skip_build"] = False
+
+    edit_stack(copy, own)
+    assert manifests.check_images(copy) == [
+        Problem("stack.yml", "catalog: the image is pre-built: lang dockerfile, skip_build"),
+        Problem("stack.yml", "catalog: environment FUNCTION_DIR 'stock_in', not catalog"),
+    ]
+
+
+def test_the_image_installs_the_lock_from_a_pinned_base(copy: Path) -> None:
+    dockerfile = copy / "Dockerfile"
+    text = dockerfile.read_text(encoding="utf-8")
+    text = re.sub(r"python:3\.11-slim@sha256:[0-9a-f]{64}", "python:3.11-slim", text)
+    text = text.replace(
+        "pip install --require-hashes --no-deps -r requirements.lock", "pip install ."
+    )
+    dockerfile.write_text(text, encoding="utf-8")
     assert manifests.check_dockerfiles(copy) == [
         Problem(
-            "stack.yml",
-            "the psi-python template copies function/shared_lib: add it to configuration.copy",
-        )
+            "Dockerfile", "base image 'python:3.11-slim' is not python:3.11-slim pinned by digest"
+        ),
+        Problem(
+            "Dockerfile", "base image 'python:3.11-slim' is not python:3.11-slim pinned by digest"
+        ),
+        Problem(
+            "Dockerfile",
+            "the image must install requirements.lock (--require-hashes --no-deps -r"
+            " requirements.lock)",
+        ),
+        Problem("Dockerfile", "pip installs past the lock: pip install ."),
     ]
 
 
@@ -522,7 +550,7 @@ def test_stack_defaults_substitute_like_faas_cli() -> None:
 def test_every_kafka_source_sends_a_token_its_function_accepts() -> None:
     """The KafkaSource's sink.audience is what its Service checks, and the Service trusts
     that source's OIDC service account (``<name>-oidc-sources.knative.dev-kafkasource``)."""
-    from shared_lib.devstack.oidc import kafka_source_subject
+    from psi_local.oidc import kafka_source_subject
 
     knative = ROOT / "infra" / "knative"
     namespace = yaml.safe_load((knative / "kustomization.yaml").read_text())["namespace"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from shared_lib.events_schema import validate_event
+from psi_local.events_schema import validate_event
 from shared_lib.http.schemas import ReconcileBody
 from shared_lib.topics import RECONCILE_REQUESTED
 

@@ -17,8 +17,8 @@ import redis
 import requests
 import sqlalchemy as sa
 
+from psi_local.stack import LocalStack
 from shared_lib.adapters.redis_gate import RedisGate
-from shared_lib.devstack.stack import LocalStack
 from tests.conftest import (
     create_mysql_database,
     drop_mysql_database,

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from psi_local.events_schema import validate_event
+from psi_local.stack import FUNCTIONS
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.kafka import KafkaEventPublisher, Record, read_topic
-from shared_lib.devstack.stack import FUNCTIONS
-from shared_lib.events_schema import validate_event
 from tests.e2e.conftest import E2E, HTTP_TIMEOUT, seed
 from tests.support import http, ledger_sums, wait_until
 

@@ -20,11 +20,11 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from psi_local.bridge import Event
+from psi_local.stack import LocalStack
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.kafka import KafkaEventPublisher, Record, read_topic
-from shared_lib.devstack.bridge import Event
-from shared_lib.devstack.stack import LocalStack
 from tests.conftest import (
     create_mysql_database,
     drop_mysql_database,

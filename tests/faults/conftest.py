@@ -17,8 +17,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from psi_local.stack import LocalStack
 from shared_lib.adapters.redis_gate import RedisGate
-from shared_lib.devstack.stack import LocalStack
 from tests.conftest import (
     PrivateRedis,
     create_mysql_database,

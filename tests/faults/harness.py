@@ -24,11 +24,11 @@ import redis
 import requests
 import sqlalchemy as sa
 
+from psi_local.stack import LocalStack
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.kafka import read_topic
 from shared_lib.adapters.redis_gate import RedisGate
-from shared_lib.devstack.stack import LocalStack
 from shared_lib.domain.model import utcnow
 from tests.conftest import PrivateRedis
 from tests.support import http, ledger_sums, wait_until

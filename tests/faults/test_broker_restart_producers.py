@@ -16,8 +16,8 @@ import json
 
 import pytest
 
+from psi_local.broker import EmbeddedBroker
 from shared_lib.adapters.kafka import KafkaEventPublisher, read_topic
-from shared_lib.devstack.broker import EmbeddedBroker
 
 TOPIC = "psi.test.producer-ids"
 

@@ -74,7 +74,7 @@ def test_seed_is_idempotent(cli_env: str, capsys: pytest.CaptureFixture[str]) ->
     assert psi(capsys, "db", "upgrade")[0] == 0
     code, out, _ = psi(capsys, "seed", "--demo")
     assert code == 0
-    assert "(2 new)" in out and f"({len(cli.DEMO_PRODUCTS)} new)" in out
+    assert "(2 new)" in out and f"({len(cli.db.DEMO_PRODUCTS)} new)" in out
     code, out, _ = psi(capsys, "seed", "--demo")
     assert code == 0
     assert out.count("(0 new)") == 2
@@ -84,7 +84,7 @@ def test_seed_is_idempotent(cli_env: str, capsys: pytest.CaptureFixture[str]) ->
         points = dict(conn.execute(sa.select(t.products.c.sku, t.products.c.reorder_point)).all())
     engine.dispose()
     assert codes == {"MAIN", "EAST"}
-    assert points == {sku: rp for sku, _, _, rp in cli.DEMO_PRODUCTS}
+    assert points == {sku: rp for sku, _, _, rp in cli.db.DEMO_PRODUCTS}
     assert all(rp > 0 for rp in points.values())
 
 
@@ -160,7 +160,7 @@ def test_stock_show_unknown_and_empty(cli_env: str, capsys: pytest.CaptureFixtur
 def test_unreachable_redis_is_a_runtime_error(
     cli_env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from shared_lib.devstack.broker import free_port
+    from psi_local.broker import free_port
 
     assert psi(capsys, "db", "upgrade")[0] == 0
     monkeypatch.setenv("PSI_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")

@@ -14,13 +14,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from psi_local.broker import EmbeddedBroker, free_port
 from shared_lib import cli, topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.kafka import KafkaEventPublisher, Record, read_topic
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.sql import SqlTransactions
-from shared_lib.devstack.broker import EmbeddedBroker, free_port
-from shared_lib.domain import events
+from shared_lib.domain import dead_letters
 from shared_lib.domain.model import Line, ReceiveStock, RequestMeta, utcnow
 from shared_lib.services import Deps, receive_stock
 from shared_lib.services.cache import rebuild_all
@@ -224,7 +224,7 @@ def dead_letter_publisher(dlq_env: str) -> Iterator[KafkaEventPublisher]:
 
 def park(publisher: KafkaEventPublisher, topic: str, key: str | None, payload: bytes) -> None:
     """Put a dead letter on psi.dead-letter as a function does when it refuses a delivery."""
-    letter = events.dead_letter(
+    letter = dead_letters.dead_letter(
         topic=topic,
         partition=0,
         offset=7,
@@ -284,7 +284,7 @@ def test_dlq_replay_republishes_letters_to_their_original_topic(
     # the CloudEvent attributes go back with it (same id: a duplicate has one effect)
     assert [(k, v) for k, v in records[2].headers if k.startswith("ce_")] == knative[:4]
     # the dry run published nothing: the topic holds exactly the replayed messages
-    assert cli.topic_end_offsets(broker.bootstrap, origin, 10) == {0: 3}
+    assert cli.dlq.topic_end_offsets(broker.bootstrap, origin, 10) == {0: 3}
 
     code, out, err = psi(
         capsys, "dlq", "replay", "--topic-filter", "psi.test.other-*", "--limit", "1"
@@ -320,15 +320,17 @@ def test_dlq_replay_fetches_a_cut_payload_and_finds_the_topic_of_a_forwarded_eve
     from shared_lib.config import load_settings
 
     broker.create_topics([topics.DEAD_LETTER, topics.STOCK_OUT_REQUESTED], partitions=1)
-    big = b'{"pad": "' + b"x" * (events.MAX_EXCERPT_BYTES * 3) + b'"}'
+    big = b'{"pad": "' + b"x" * (dead_letters.MAX_EXCERPT_BYTES * 3) + b'"}'
     ref = reports_from_settings(load_settings()).keep(f"dead-letters/t/{uuid.uuid4()}", big)
     marker = uuid.uuid4().hex
     common = {"partition": 0, "offset": 3, "status": 422, "reason": "r", "function": "stock-out"}
-    cut = events.dead_letter(
+    cut = dead_letters.dead_letter(
         topic=topics.STOCK_OUT_REQUESTED, key=marker, payload=big, payload_ref=ref, **common
     )
-    assert cut["truncated"] and len(cut["payload"]) == events.MAX_EXCERPT_BYTES
-    lost = events.dead_letter(topic=topics.STOCK_OUT_REQUESTED, key=marker, payload=big, **common)
+    assert cut["truncated"] and len(cut["payload"]) == dead_letters.MAX_EXCERPT_BYTES
+    lost = dead_letters.dead_letter(
+        topic=topics.STOCK_OUT_REQUESTED, key=marker, payload=big, **common
+    )
     for letter in (cut, lost):
         dead_letter_publisher.publish(topics.DEAD_LETTER, marker, json.dumps(letter).encode())
     # a forwarded CloudEvent's letter names no topic: the function it was sent to does

@@ -785,8 +785,8 @@ def test_read_functions_are_ready_without_redis(api: Api) -> None:
 def test_a_kafka_connector_delivery_that_is_refused_is_parked_in_the_dead_letter_topic(
     boot: Boot, broker
 ) -> None:
+    from psi_local.events_schema import validate_event
     from shared_lib.adapters.kafka import read_topic
-    from shared_lib.events_schema import validate_event
 
     api = boot(PSI_KAFKA_BOOTSTRAP=broker.bootstrap)
     catalog(api, {"A": 0})

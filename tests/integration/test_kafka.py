@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
+from psi_local.bridge import KafkaBridge, KnativeDispatcher, OpenFaasConnector
+from psi_local.broker import EmbeddedBroker
+from psi_local.oidc import LocalIssuer, kafka_source_subject, service_audience
 from shared_lib.adapters.kafka import KafkaEventPublisher, PublishError, Record, read_topic
-from shared_lib.devstack.bridge import KafkaBridge, KnativeDispatcher, OpenFaasConnector
-from shared_lib.devstack.broker import EmbeddedBroker
-from shared_lib.devstack.oidc import LocalIssuer, kafka_source_subject, service_audience
-from shared_lib.devstack.testing import CapturedRequest, HttpSink
 from shared_lib.http.senders import OidcVerifier
 from shared_lib.topics import DEAD_LETTER
 from tests.conftest import start_broker
+from tests.http_sink import CapturedRequest, HttpSink
 from tests.support import wait_until
 
 pytestmark = [

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import pytest
 import structlog
 
+from psi_local.broker import free_port
 from shared_lib import topics
-from shared_lib.devstack.broker import free_port
 from shared_lib.http.delivery import identity_key
 from tests.integration import test_functions_http as http
 from tests.integration.test_functions_http import Api, ok, refused

@@ -18,10 +18,10 @@ import redis
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from psi_local.broker import EmbeddedBroker
 from shared_lib import bootstrap, topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.sql import SqlStore
-from shared_lib.devstack.broker import EmbeddedBroker
 from shared_lib.domain import events
 from shared_lib.domain.model import utcnow
 from shared_lib.http import metrics

@@ -16,24 +16,25 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from psi_local.broker import EmbeddedBroker
+from psi_local.events_schema import validate_event
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.kafka import (
     Headers,
-    InMemoryPublisher,
     KafkaEventPublisher,
     PublishError,
     Record,
     read_topic,
 )
 from shared_lib.adapters.outbox import BackgroundRelay, OutboxRelay
-from shared_lib.adapters.sql import SqlStore, SqlTransactions, make_engine
-from shared_lib.devstack.broker import EmbeddedBroker
+from shared_lib.adapters.sql import SqlStore, SqlTransactions
+from shared_lib.adapters.sql_engine import make_engine
 from shared_lib.domain import events
 from shared_lib.domain.model import Line, ReceiveStock, RequestMeta, utcnow
-from shared_lib.events_schema import validate_event
 from shared_lib.services import Deps, receive_stock
 from tests.conftest import seed_catalog, start_broker
+from tests.fakes import InMemoryPublisher
 from tests.support import wait_until
 
 pytestmark = [

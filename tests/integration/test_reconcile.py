@@ -21,9 +21,9 @@ import redis
 import sqlalchemy as sa
 from moto.server import ThreadedMotoServer
 
+from psi_local.events_schema import validate_event
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
-from shared_lib.adapters.kafka import InMemoryPublisher
 from shared_lib.adapters.outbox import OutboxRelay
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.reports import LocalReports, S3Reports
@@ -31,11 +31,11 @@ from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.adapters.sql_reconcile import SqlReconcileStore
 from shared_lib.domain.errors import RequestInProgress
 from shared_lib.domain.model import Level, Line, PlaceOrder, ReceiveStock, RequestMeta, utcnow
-from shared_lib.events_schema import validate_event
 from shared_lib.services import Deps, place_order, receive_stock
 from shared_lib.services.cache import rebuild_all
 from shared_lib.services.reconcile import RESULT_KEYS, ReportStore, reconcile
 from tests.conftest import seed_catalog
+from tests.fakes import InMemoryPublisher
 from tests.integration.test_order_path import assert_invariants
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from psi_local.oidc import LocalIssuer, kafka_source_subject, service_audience
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
-from shared_lib.devstack.oidc import LocalIssuer, kafka_source_subject, service_audience
 from shared_lib.domain.model import ReceiveStock, parse_lines
 from shared_lib.http.delivery import identity_key
 from tests.conftest import free_port

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared_lib.adapters.sql import make_engine, tls_requested
+from shared_lib.adapters.sql_engine import make_engine, tls_requested
 from tests.conftest import create_mysql_database, drop_mysql_database
 
 pytestmark = pytest.mark.integration

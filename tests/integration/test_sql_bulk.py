@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from shared_lib.adapters import sql_bulk
 from shared_lib.adapters import sql_tables as t
-from shared_lib.adapters.sql import make_engine
+from shared_lib.adapters.sql_engine import make_engine
 from tests.conftest import create_mysql_database, drop_mysql_database
 
 pytestmark = pytest.mark.integration

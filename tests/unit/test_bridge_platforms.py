@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared_lib.adapters.kafka import Headers, Record
-from shared_lib.devstack.bridge import (
+from psi_local.bridge import (
     CE_TYPE,
     ERROR_DATA_MAX_BYTES,
     Event,
@@ -19,7 +18,8 @@ from shared_lib.devstack.bridge import (
     dead_letter_record,
     kafka_event,
 )
-from shared_lib.devstack.oidc import LocalIssuer, kafka_source_subject, service_audience
+from psi_local.oidc import LocalIssuer, kafka_source_subject, service_audience
+from shared_lib.adapters.kafka import Headers, Record
 from shared_lib.http.auth import AuthError
 from shared_lib.http.senders import OidcVerifier
 

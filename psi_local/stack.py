@@ -39,15 +39,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from psi_local.broker import HOST, EmbeddedBroker, free_port
 from shared_lib import topics
 from shared_lib.config import DISABLED, EMBEDDED, ENV_PREFIX, Settings, load_settings
-from shared_lib.devstack.broker import HOST, EmbeddedBroker, free_port
 from shared_lib.http.auth import DELIVER
 from shared_lib.http.delivery import KNATIVE, PLATFORMS
 
 if TYPE_CHECKING:
-    from shared_lib.devstack.bridge import Dispatcher
-    from shared_lib.devstack.oidc import LocalIssuer
+    from psi_local.bridge import Dispatcher
+    from psi_local.oidc import LocalIssuer
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class LocalStack:
         """``base_port`` 0 picks a free port per function; ``environ`` replaces os.environ
         (PSI_* settings); ``functions`` limits which directories are started. ``platform``
         is what the bridge behaves as (``knative`` or ``openfaas``), ``delivery_options``
-        its retry settings (see shared_lib.devstack.bridge)."""
+        its retry settings (see psi_local.bridge)."""
         if platform not in PLATFORMS:
             raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}")
         self.environ = dict(os.environ if environ is None else environ)
@@ -454,7 +454,7 @@ class LocalStack:
         if settings.kafka_bootstrap:
             self.kafka_bootstrap = settings.kafka_bootstrap
             return
-        from shared_lib.devstack.broker import BrokerError
+        from psi_local.broker import BrokerError
 
         try:
             self.broker = EmbeddedBroker(self.log_dir, port=self.kafka_port).start()
@@ -499,7 +499,7 @@ class LocalStack:
         key of its own that may only deliver."""
         if self.platform == KNATIVE:
             if self.issuer is None:
-                from shared_lib.devstack.oidc import LocalIssuer
+                from psi_local.oidc import LocalIssuer
 
                 self.issuer = LocalIssuer().start()
             env[f"{ENV_PREFIX}OIDC_DISCOVERY_URL"] = self.issuer.url
@@ -513,7 +513,7 @@ class LocalStack:
         """A function's own settings: the audience and source its Knative sender has."""
         if self.issuer is None or f"{ENV_PREFIX}OIDC_DISCOVERY_URL" not in env:
             return env
-        from shared_lib.devstack.oidc import kafka_source_subject, service_audience
+        from psi_local.oidc import kafka_source_subject, service_audience
 
         return {
             **env,
@@ -613,11 +613,11 @@ class LocalStack:
             pause.wait(0.1)
 
     def _start_bridge(self) -> None:
-        from shared_lib.devstack.bridge import BridgeError, KafkaBridge
+        from psi_local.bridge import BridgeError, KafkaBridge
 
         handler = logging.FileHandler(self.log_dir / "bridge.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        bridge_logger = logging.getLogger("shared_lib.devstack.bridge")
+        bridge_logger = logging.getLogger("psi_local.bridge")
         bridge_logger.addHandler(handler)
         if bridge_logger.getEffectiveLevel() > logging.INFO:
             bridge_logger.setLevel(logging.INFO)
@@ -634,7 +634,7 @@ class LocalStack:
             raise StackError(f"Kafka bridge: {exc}") from exc
 
     def _dispatcher(self) -> Dispatcher:
-        from shared_lib.devstack.bridge import KnativeDispatcher, OpenFaasConnector
+        from psi_local.bridge import KnativeDispatcher, OpenFaasConnector
 
         if self.platform == KNATIVE:
             names = {
@@ -667,7 +667,7 @@ class LocalStack:
                 except Exception:
                     log.exception("error while stopping the Kafka bridge")
             if self._bridge_log is not None:
-                logging.getLogger("shared_lib.devstack.bridge").removeHandler(self._bridge_log)
+                logging.getLogger("psi_local.bridge").removeHandler(self._bridge_log)
                 self._bridge_log.close()
                 self._bridge_log = None
             processes = [p.process for p in self.processes.values()]

@@ -1,4 +1,4 @@
-"""Test helpers with no pytest dependency: an HTTP sink that records what it is sent."""
+"""An HTTP sink for tests: records what it is sent (no pytest dependency)."""
 
 from __future__ import annotations
 

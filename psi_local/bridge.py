@@ -59,7 +59,7 @@ from shared_lib.topics import DEAD_LETTER
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, TopicPartition
 
-    from shared_lib.devstack.oidc import LocalIssuer
+    from psi_local.oidc import LocalIssuer
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class KnativeDispatcher:
         return kafka_event(record, self.namespace, self.sources[record.topic])
 
     def request(self, record: Record, url: str) -> tuple[bytes, dict[str, str]]:
-        from shared_lib.devstack.oidc import kafka_source_subject, service_audience
+        from psi_local.oidc import kafka_source_subject, service_audience
 
         body, headers = self.event(record).http()
         headers["Prefer"] = "reply"

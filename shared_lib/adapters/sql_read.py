@@ -1,0 +1,116 @@
+"""The read model over SQL: pages of products, warehouses, levels, low stock and the ledger
+(stock-query, catalog), separate from the writes a use case makes in its transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from shared_lib.adapters import sql_tables as t
+from shared_lib.domain.model import Level, Product, Warehouse
+from shared_lib.services.ports import MovementRecord
+
+
+def _level(row: Any) -> Level:
+    return Level(row.sku, row.warehouse, int(row.on_hand), int(row.reserved), int(row.version))
+
+
+class SqlReadModel:
+    """Keyset pages for the read side (implements the read part of services.ports.StockStore)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def products_page(self, after_sku: str | None, limit: int) -> list[Product]:
+        p = t.products
+        query = sa.select(p)
+        if after_sku is not None:
+            query = query.where(p.c.sku > after_sku)
+        return [
+            Product(r.sku, r.name, r.unit, int(r.reorder_point), bool(r.track_inventory))
+            for r in self.conn.execute(query.order_by(p.c.sku).limit(limit))
+        ]
+
+    def warehouses_page(self, after_code: str | None, limit: int) -> list[Warehouse]:
+        w = t.warehouses
+        query = sa.select(w.c.code, w.c.name)
+        if after_code is not None:
+            query = query.where(w.c.code > after_code)
+        return [
+            Warehouse(r.code, r.name)
+            for r in self.conn.execute(query.order_by(w.c.code).limit(limit))
+        ]
+
+    def levels_where(
+        self,
+        warehouse: str | None,
+        sku: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[Level]:
+        s = t.stock_levels
+        query = _level_filters(sa.select(s), warehouse, sku, after)
+        return [
+            _level(r)
+            for r in self.conn.execute(query.order_by(s.c.warehouse, s.c.sku).limit(limit))
+        ]
+
+    def low_stock_page(
+        self, warehouse: str | None, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[Level, int]]:
+        s, p = t.stock_levels, t.products
+        query = _level_filters(
+            sa.select(s, p.c.reorder_point).join(p, p.c.sku == s.c.sku), warehouse, None, after
+        ).where(s.c.on_hand - s.c.reserved <= p.c.reorder_point, p.c.track_inventory == sa.true())
+        rows = self.conn.execute(query.order_by(s.c.warehouse, s.c.sku).limit(limit))
+        return [(_level(r), int(r.reorder_point)) for r in rows]
+
+    def movements_page(
+        self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int
+    ) -> list[MovementRecord]:
+        m = t.movements
+        query = sa.select(m)
+        if sku is not None:
+            query = query.where(m.c.sku == sku)
+        if warehouse is not None:
+            query = query.where(m.c.warehouse == warehouse)
+        if before_id is not None:
+            query = query.where(m.c.id < before_id)
+        rows = self.conn.execute(query.order_by(m.c.id.desc()).limit(limit))
+        return [
+            MovementRecord(
+                id=int(r.id),
+                kind=r.kind,
+                sku=r.sku,
+                warehouse=r.warehouse,
+                delta_on_hand=int(r.delta_on_hand),
+                delta_reserved=int(r.delta_reserved),
+                on_hand_after=int(r.on_hand_after),
+                reserved_after=int(r.reserved_after),
+                reason=r.reason,
+                reference=r.reference,
+                order_id=r.order_id,
+                actor=r.actor,
+                idempotency_key=r.idempotency_key,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+
+def _level_filters(
+    query: sa.Select[Any], warehouse: str | None, sku: str | None, after: tuple[str, str] | None
+) -> sa.Select[Any]:
+    s = t.stock_levels
+    if warehouse is not None:
+        query = query.where(s.c.warehouse == warehouse)
+    if sku is not None:
+        query = query.where(s.c.sku == sku)
+    if after is not None:
+        # keyset on (warehouse, sku), spelled out so every dialect can use the primary key
+        query = query.where(
+            (s.c.warehouse > after[0]) | ((s.c.warehouse == after[0]) & (s.c.sku > after[1]))
+        )
+    return query
