@@ -11,7 +11,7 @@ Workers are gevent's (shared_lib.serving.Worker): one greenlet per connection, s
 stalled clients cost memory, not threads, and cannot keep health checks or other callers
 waiting; every connection's reads time out after GUNICORN_READ_TIMEOUT seconds.
 
-Knobs (all optional; the names are listed in tests/deploy/manifests.py RUNTIME_ENV):
+Knobs (all optional; the names are listed in tests/deploy/manifests/loading.py RUNTIME_ENV):
 PORT, WEB_CONCURRENCY, GUNICORN_WORKER_CONNECTIONS, GUNICORN_READ_TIMEOUT, GUNICORN_TIMEOUT,
 GUNICORN_GRACEFUL_TIMEOUT, GUNICORN_SHUTDOWN_HOOK ("module:function", default
 shared_lib.bootstrap:shutdown).

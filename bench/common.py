@@ -24,7 +24,7 @@ import traceback
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from psi_local.invariants import balance_findings, gate_findings
 from shared_lib.adapters import schema
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
@@ -262,82 +263,30 @@ def load_gate(stores: Stores) -> int:
 
 
 def ledger_check(engine: Engine) -> dict[str, int]:
-    """Balances vs ledger, computed by the database: mismatches and negative balances."""
-    with engine.connect() as conn:
-        levels = conn.exec_driver_sql("SELECT COUNT(*) FROM stock_levels").scalar_one()
-        mismatched = conn.exec_driver_sql(
-            "SELECT COUNT(*) FROM stock_levels s LEFT JOIN ("
-            " SELECT warehouse, sku, SUM(delta_on_hand) oh, SUM(delta_reserved) rs"
-            " FROM movements GROUP BY warehouse, sku) m"
-            " ON m.warehouse = s.warehouse AND m.sku = s.sku"
-            " WHERE COALESCE(m.oh, 0) <> s.on_hand OR COALESCE(m.rs, 0) <> s.reserved"
-        ).scalar_one()
-        negative = conn.exec_driver_sql(
-            "SELECT COUNT(*) FROM stock_levels WHERE reserved < 0 OR on_hand - reserved < 0"
-        ).scalar_one()
+    """Balances vs ledger, added up by the database: mismatches and negative balances."""
+    found = balance_findings(engine)
     return {
-        "levels_checked": int(levels),
-        "ledger_mismatches": int(mismatched),
-        "negative_available": int(negative),
+        "levels_checked": found.checked,
+        "ledger_mismatches": found.broken["ledger"] + found.broken["ledger_orphan"],
+        "negative_available": found.broken["negative"],
     }
 
 
-def iter_levels(
-    engine: Engine, page: int = 20_000
-) -> Iterator[list[tuple[str, str, int, int, int]]]:
-    """Every balance, a page at a time in key order (bounded memory)."""
-    with engine.connect() as conn:
-        warehouses = list(
-            conn.exec_driver_sql("SELECT code FROM warehouses ORDER BY code").scalars()
-        )
-    for warehouse in warehouses:
-        after = ""
-        while True:
-            with engine.connect() as conn:
-                rows = conn.execute(
-                    sa.text(
-                        "SELECT warehouse, sku, on_hand, reserved, version FROM stock_levels"
-                        " WHERE warehouse = :w AND sku > :s ORDER BY sku LIMIT :n"
-                    ),
-                    {"w": warehouse, "s": after, "n": page},
-                ).all()
-            if not rows:
-                break
-            yield [(r[0], r[1], int(r[2]), int(r[3]), int(r[4])) for r in rows]
-            after = rows[-1][1]
-
-
 def gate_check(
-    engine: Engine, gate: RedisGate, *, only_skus: Collection[str] | None = None
+    engine: Engine,
+    gate: RedisGate,
+    *,
+    only_skus: Collection[str] | None = None,
+    settled: bool = True,
 ) -> dict[str, Any]:
     """Gate == database for every balance (or those of `only_skus`), no hold left behind."""
-    checked = mismatched = held = 0
-    sample: list[str] = []
-    for page in iter_levels(engine):
-        rows = page if only_skus is None else [r for r in page if r[1] in only_skus]
-        by_wh: dict[str, list[tuple[str, str, int, int, int]]] = {}
-        for row in rows:
-            by_wh.setdefault(row[0], []).append(row)
-        for wh, group in by_wh.items():
-            cached = gate.read(wh, [r[1] for r in group])
-            for _, sku, on_hand, reserved, version in group:
-                checked += 1
-                got = cached.get(sku)
-                if got is None or (got.on_hand, got.reserved, got.version) != (
-                    on_hand,
-                    reserved,
-                    version,
-                ):
-                    mismatched += 1
-                    if len(sample) < 5:
-                        sample.append(f"{wh}/{sku}: db={on_hand},{reserved},v{version} gate={got}")
-                elif got.held:
-                    held += 1
+    found = gate_findings(engine, gate, settled=settled, only_skus=only_skus)
     return {
-        "gate_levels_checked": checked,
-        "gate_mismatches": mismatched,
-        "gate_holds_left": held,
-        "gate_mismatch_sample": sample,
+        "gate_levels_checked": found.checked,
+        "gate_mismatches": found.broken["missing"] + found.broken["mismatch"],
+        "gate_holds_left": found.broken["held"] + found.broken["holds_left"],
+        "gate_not_ready": found.broken["not_ready"],
+        "gate_mismatch_sample": found.sample[:5],
     }
 
 
@@ -360,6 +309,7 @@ def check_invariants(
     scenario.check("negative_available", ledger["negative_available"], 0)
     scenario.check("gate_mismatches", cached["gate_mismatches"], 0)
     scenario.check("gate_holds_left", cached["gate_holds_left"], 0)
+    scenario.check("gate_not_ready", cached["gate_not_ready"], 0)
 
 
 def count_rows(engine: Engine, table: str, where: str = "", **params: Any) -> int:

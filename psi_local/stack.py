@@ -44,6 +44,7 @@ from shared_lib import topics
 from shared_lib.config import DISABLED, EMBEDDED, ENV_PREFIX, Settings, load_settings
 from shared_lib.http.auth import DELIVER
 from shared_lib.http.delivery import KNATIVE, PLATFORMS
+from shared_lib.http.routes import READY_PATHS
 
 if TYPE_CHECKING:
     from psi_local.bridge import Dispatcher
@@ -55,7 +56,7 @@ DEFAULT_BASE_PORT = 8081
 KNATIVE_NAMESPACE = "psi"  # the namespace of infra/knative, as the bridge's sources say
 STATE_FILE = "stack.json"
 LOG_DIR = "logs"
-READY_PATH = "/health/ready"
+READY_PATH = READY_PATHS[0]
 
 
 @dataclass(frozen=True)

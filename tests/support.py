@@ -11,9 +11,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import requests
-import sqlalchemy as sa
-
-from shared_lib.adapters import sql_tables as t
 
 T = TypeVar("T")
 
@@ -29,18 +26,6 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
-
-
-def ledger_sums(conn: sa.Connection) -> dict[tuple[str, str], tuple[int, int]]:
-    """(on_hand, reserved) that the ledger adds up to, per (warehouse, sku)."""
-    m = t.movements
-    query = sa.select(
-        m.c.warehouse,
-        m.c.sku,
-        sa.func.sum(m.c.delta_on_hand).label("oh"),
-        sa.func.sum(m.c.delta_reserved).label("rs"),
-    ).group_by(m.c.warehouse, m.c.sku)
-    return {(r.warehouse, r.sku): (int(r.oh), int(r.rs)) for r in conn.execute(query)}
 
 
 def http() -> requests.Session:

@@ -268,7 +268,7 @@ def _one_size(cfg: BenchConfig, scenario: Scenario, rows: int, fn_ready: bool) -
         gate = stores.gate()
         try:
             # the harness's own check that the drift is really there before the run
-            before = gate_check(engine, gate)
+            before = gate_check(engine, gate, settled=False)
             out["drift_detected_by_bench"] = before["gate_mismatches"]
             scenario.check(
                 f"{label}.bench_sees_seeded_drift", before["gate_mismatches"], drift_total

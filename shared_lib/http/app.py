@@ -46,7 +46,7 @@ from shared_lib.http.delivery import (
 )
 from shared_lib.http.delivery import parse as parse_delivery
 from shared_lib.http.errors import HttpError, field_name, status_of
-from shared_lib.http.routes import Call, Handler, Reply, Route
+from shared_lib.http.routes import HEALTH_PATHS, READY_PATHS, Call, Handler, Reply, Route
 from shared_lib.services.guard import Outcome
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ log = logs.get_logger(__name__)
 # comma is two Idempotency-Key headers (RFC 9110 5.3), and which one was meant is unknown
 KEY_PATTERN = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")
 JSON_TYPES = ("application/json",)
-HEALTH_PATHS = ("/health/live", "/health/ready", "/_/health", "/_/ready")
 RAW_BODY = "psi.raw_body"
 # set when the body could not be read to its end: the connection cannot be reused
 BODY_BROKEN = "psi.body_broken"
@@ -251,7 +250,7 @@ class FunctionApp:
     def _dispatch(self, request: flask.Request) -> tuple[Reply, str]:
         path = request.path.rstrip("/") or "/"
         if request.method == "GET" and path in HEALTH_PATHS:
-            return self._health(path.endswith("ready")), path
+            return self._health(path in READY_PATHS), path
         if request.method == "GET" and path == "/metrics":
             metrics.observe_outbox(self._platform.relay if self._platform else None)
             data, content_type = metrics.exposition()

@@ -11,6 +11,11 @@ from shared_lib.domain.model import RequestMeta
 from shared_lib.http.delivery import Delivery
 from shared_lib.services.guard import Outcome
 
+# the health paths every function answers: Knative's, then OpenFaaS's
+LIVE_PATHS = ("/health/live", "/_/health")
+READY_PATHS = ("/health/ready", "/_/ready")
+HEALTH_PATHS = LIVE_PATHS + READY_PATHS
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 

@@ -1,4 +1,4 @@
-"""The deployment files agree with the code: every check of manifests.py on the real
+"""The deployment files agree with the code: every check of tests/deploy/manifests on the real
 repository, then "drift" tests that mutate a copy and expect the exact problem.
 
 The checks on the real repository that need functions/<dir>/main.py fail until the
@@ -569,3 +569,36 @@ def test_every_kafka_source_sends_a_token_its_function_accepts() -> None:
         assert env["PSI_OIDC_AUDIENCE"] == source["spec"]["sink"]["audience"]
         subjects = env["PSI_OIDC_SUBJECTS"].split(",")
         assert kafka_source_subject(namespace, source["metadata"]["name"]) in subjects
+
+
+def test_a_readiness_period_is_reported(copy: Path) -> None:
+    def slow(documents: list[dict[str, Any]]) -> None:
+        container(documents)["readinessProbe"]["periodSeconds"] = 2
+
+    edit_documents(copy, "infra/knative/service-catalog.yaml", slow)
+    assert manifests.check_probes(copy) == [
+        Problem(
+            "infra/knative/service-catalog.yaml",
+            "Knative Service catalog: readinessProbe sets periodSeconds or failureThreshold:"
+            " Knative's fast startup probing is lost",
+        )
+    ]
+
+
+def test_a_writable_root_file_system_is_reported(copy: Path) -> None:
+    def writable(documents: list[dict[str, Any]]) -> None:
+        del container(documents)["securityContext"]["readOnlyRootFilesystem"]
+        container(documents)["volumeMounts"] = [
+            m for m in container(documents)["volumeMounts"] if m["mountPath"] != "/tmp"
+        ]
+
+    edit_documents(copy, "infra/knative/service-catalog.yaml", writable)
+    assert manifests.check_hardening(copy) == [
+        Problem(
+            "infra/knative/service-catalog.yaml",
+            "Knative Service catalog: securityContext.readOnlyRootFilesystem is not True",
+        ),
+        Problem(
+            "infra/knative/service-catalog.yaml", "Knative Service catalog: /tmp is not an emptyDir"
+        ),
+    ]

@@ -15,12 +15,13 @@ import pytest
 import sqlalchemy as sa
 
 from psi_local.events_schema import validate_event
+from psi_local.invariants import balance_findings
 from psi_local.stack import FUNCTIONS
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.kafka import KafkaEventPublisher, Record, read_topic
 from tests.e2e.conftest import E2E, HTTP_TIMEOUT, seed
-from tests.support import http, ledger_sums, wait_until
+from tests.support import http, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,16 +52,8 @@ def gate_level(env: E2E, warehouse: str, sku: str) -> tuple[int, int, int] | Non
 
 def assert_ledger_matches_balances(env: E2E) -> None:
     """MySQL balance == sum of the ledger, per (warehouse, sku), for every balance."""
-    s = t.stock_levels
-    with env.engine.connect() as conn:
-        sums = ledger_sums(conn)
-        balances = {
-            (r.warehouse, r.sku): (int(r.on_hand), int(r.reserved))
-            for r in conn.execute(sa.select(s.c.warehouse, s.c.sku, s.c.on_hand, s.c.reserved))
-        }
-    for where, balance in balances.items():
-        assert sums.get(where, (0, 0)) == balance, where
-        assert balance[0] >= balance[1] >= 0, where
+    found = balance_findings(env.engine)
+    assert found.ok and found.checked, found.sample
 
 
 def stock_in(env: E2E, warehouse: str, sku: str, qty: int, key: str | None = None) -> None:

@@ -24,6 +24,7 @@ import redis
 import requests
 import sqlalchemy as sa
 
+from psi_local.invariants import balance_findings, gate_findings
 from psi_local.stack import LocalStack
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
@@ -31,7 +32,7 @@ from shared_lib.adapters.kafka import read_topic
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.domain.model import utcnow
 from tests.conftest import PrivateRedis
-from tests.support import http, ledger_sums, wait_until
+from tests.support import http, wait_until
 
 HTTP_TIMEOUT = 15.0
 WAREHOUSES = ("W1", "W2")
@@ -473,22 +474,7 @@ def check_schema_guards(env: FaultEnv) -> list[str]:
 
 def check_balances(env: FaultEnv) -> list[str]:
     """available >= 0 everywhere and every balance == the sum of its ledger."""
-    s = t.stock_levels
-    balances = {
-        (r.warehouse, r.sku): (int(r.on_hand), int(r.reserved))
-        for r in _rows(env, sa.select(s.c.warehouse, s.c.sku, s.c.on_hand, s.c.reserved))
-    }
-    with env.engine.connect() as conn:
-        sums = ledger_sums(conn)
-    problems = []
-    for where, (on_hand, reserved) in balances.items():
-        if not on_hand >= reserved >= 0:
-            problems.append(f"{where}: on_hand={on_hand} reserved={reserved}")
-        if sums.get(where, (0, 0)) != (on_hand, reserved):
-            problems.append(f"{where}: balance {(on_hand, reserved)} != ledger {sums.get(where)}")
-    for where in set(sums) - set(balances):
-        problems.append(f"{where}: ledger rows without a balance")
-    return problems
+    return balance_findings(env.engine).sample
 
 
 def check_answers(env: FaultEnv, ops: list[Op], tag: str) -> list[str]:
@@ -600,40 +586,7 @@ def check_replays(env: FaultEnv, ops: list[Op], most: int = 60) -> list[str]:
 def gate_problems(env: FaultEnv) -> list[str]:
     """Redis == MySQL: every balance's (on_hand, reserved, version) in the gate, every
     warehouse ready, and every held unit belongs to a registered (not yet expired) hold."""
-    s = t.stock_levels
-    problems: list[str] = []
-    by_warehouse: dict[str, dict[str, tuple[int, int, int]]] = defaultdict(dict)
-    for row in _rows(
-        env, sa.select(s.c.warehouse, s.c.sku, s.c.on_hand, s.c.reserved, s.c.version)
-    ):
-        by_warehouse[row.warehouse][row.sku] = (
-            int(row.on_hand),
-            int(row.reserved),
-            int(row.version),
-        )
-    for warehouse, levels in by_warehouse.items():
-        if not env.gate.is_ready(warehouse):
-            problems.append(f"{warehouse}: gate not ready")
-        tag = env.gate.tag(warehouse)
-        held: Counter[str] = Counter()
-        for req in env.redis.zrange(f"{tag}:holds", 0, -1):
-            hold = env.redis.hgetall(f"{tag}:hold:{req.decode()}")
-            for sku, qty in hold.items():
-                held[sku.decode()] += int(qty)
-        cached = env.gate.read(warehouse, list(levels))
-        for sku, (on_hand, reserved, version) in levels.items():
-            got = cached.get(sku)
-            if got is None:
-                problems.append(f"{warehouse}/{sku}: missing in the gate")
-                continue
-            if (got.on_hand, got.reserved, got.version) != (on_hand, reserved, version):
-                problems.append(
-                    f"{warehouse}/{sku}: gate {(got.on_hand, got.reserved, got.version)} "
-                    f"!= MySQL {(on_hand, reserved, version)}"
-                )
-            if got.held != held.get(sku, 0):
-                problems.append(f"{warehouse}/{sku}: held {got.held} != holds {held.get(sku, 0)}")
-    return problems
+    return gate_findings(env.engine, env.gate, settled=False).sample
 
 
 def check_gate(env: FaultEnv, timeout: float = 20.0) -> list[str]:

@@ -219,3 +219,44 @@ def test_psi_dev_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
             os.kill(pid, 0)
     assert not (tmp_path / "d" / "stack.json").exists()
     assert (tmp_path / "d" / "logs" / "stock-in.log").is_file()
+
+
+def test_every_command_uses_the_running_local_stacks_stores(
+    cli_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_server: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With the embedded defaults, the stores are those the running `psi dev` wrote into
+    its stack.json: its Redis for the gate, its broker for the outbox."""
+    import json
+
+    assert psi(capsys, "db", "upgrade")[0] == 0
+    monkeypatch.delenv("PSI_REDIS_URL")
+    data = tmp_path / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    state = {"pid": os.getpid(), "redis_url": redis_server, "kafka_bootstrap": "127.0.0.1:1"}
+    (data / "stack.json").write_text(json.dumps(state), encoding="utf-8")
+
+    code, out, err = psi(capsys, "cache", "rebuild")
+    assert (code, err) == (0, ""), err
+    code, out, _ = psi(capsys, "outbox", "status")
+    assert code == 0 and "kafka        127.0.0.1:1" in out
+
+
+def test_without_a_running_local_stack_no_private_store_is_made(
+    cli_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The embedded default and no `psi dev` running: the command says so, and starts no
+    Redis of its own that no function would use."""
+    assert psi(capsys, "db", "upgrade")[0] == 0
+    monkeypatch.delenv("PSI_REDIS_URL")
+    for argv in (("cache", "rebuild"), ("reconcile",), ("outbox", "redrive")):
+        code, _, err = psi(capsys, *argv)
+        assert code == 2, (argv, err)
+        assert "no local stack runs on" in err and "psi dev" in err, (argv, err)
+    assert not list((tmp_path / "data").rglob("redis.db"))

@@ -305,8 +305,9 @@ def test_dlq_replay_needs_kafka(
     code, out, err = psi(capsys, "dlq", "replay")
     assert (code, out) == (2, "")
     assert err == (
-        "psi: configuration error: PSI_KAFKA_BOOTSTRAP is not set: "
-        "psi dlq replay needs the Kafka bootstrap servers\n"
+        "psi: configuration error: PSI_KAFKA_BOOTSTRAP is not set and no local stack runs"
+        f" on {tmp_path} (start one with `psi dev`, or set PSI_KAFKA_BOOTSTRAP to the one the"
+        " functions use)\n"
     )
 
 

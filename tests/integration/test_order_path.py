@@ -11,6 +11,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from psi_local.invariants import balance_findings, gate_findings
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
 from shared_lib.adapters.sql import SqlTransactions
@@ -26,7 +27,7 @@ from shared_lib.domain.model import (
 from shared_lib.services import Deps, cancel_order, place_order, receive_stock, ship_order
 from shared_lib.services.cache import GateRebuilder, rebuild_all
 from tests.conftest import seed_catalog
-from tests.support import ledger_sums, wait_until
+from tests.support import wait_until
 
 BUYERS = 200
 UNITS = 100
@@ -62,25 +63,11 @@ def db_level(engine: sa.Engine, sku: str) -> tuple[int, int]:
 
 def assert_invariants(engine: sa.Engine, gate: RedisGate | None = None) -> None:
     """available >= 0 everywhere; balance == ledger sum; gate == database when settled."""
-    s = t.stock_levels
-    with engine.connect() as conn:
-        balances = {
-            (r.warehouse, r.sku): (int(r.on_hand), int(r.reserved), int(r.version))
-            for r in conn.execute(sa.select(s))
-        }
-        sums = ledger_sums(conn)
-    for key, (on_hand, reserved, _) in balances.items():
-        assert on_hand - reserved >= 0 and reserved >= 0, key
-        assert sums.get(key, (0, 0)) == (on_hand, reserved), key
+    balances = balance_findings(engine)
+    assert balances.ok, balances.sample
     if gate is not None:
-        for (wh, sku), (on_hand, reserved, version) in balances.items():
-            cached = gate.read(wh, [sku])[sku]
-            assert (cached.on_hand, cached.reserved, cached.version, cached.held) == (
-                on_hand,
-                reserved,
-                version,
-                0,
-            ), (wh, sku)
+        cached = gate_findings(engine, gate, settled=True)
+        assert cached.ok, cached.sample
 
 
 def race(deps: Deps, buyers: int = BUYERS) -> Counter[str]:

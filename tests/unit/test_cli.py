@@ -157,7 +157,7 @@ sys.exit(cli.main(sys.argv[1:]))
     ("argv", "code", "says"),
     [
         (["dev"], 1, "psi dev needs the local tools: pip install 'psi-functions[local]'"),
-        (["cache", "rebuild"], 2, "PSI_REDIS_URL=embedded needs the local tools"),
+        (["cache", "rebuild"], 2, "PSI_REDIS_URL is not set and no local stack runs"),
     ],
 )
 def test_without_the_local_tools_a_command_says_what_is_missing(
