@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import BenchConfig, Scenario, machine_info, services_reachable
+from bench.common import (
+    BenchConfig,
+    Scenario,
+    machine_info,
+    services_reachable,
+)
 from bench.scenarios import cold_start, flash_sale, hot_sku, http, many_skus, reconcile
 
 SCENARIOS: dict[str, Callable[[BenchConfig], Scenario]] = {

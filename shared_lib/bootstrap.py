@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 
 from shared_lib.adapters.kafka import EventPublisher
 from shared_lib.adapters.outbox import BackgroundRelay, OutboxRelay
+from shared_lib.adapters.redis_client import connect as connect_redis
 from shared_lib.adapters.redis_gate import RedisGate
-from shared_lib.adapters.redis_gate import connect as connect_redis
 from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.adapters.sql_engine import make_engine
 from shared_lib.config import Settings, get_settings

@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchConfig, Scenario, free_port, http_status
+from bench.common import (
+    BenchConfig,
+    Scenario,
+    free_port,
+    http_status,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = "bench/hello/main.py"

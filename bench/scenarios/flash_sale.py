@@ -8,21 +8,25 @@ tiny EVALSHA check-and-decrement script.
 
 from __future__ import annotations
 
-from bench.common import (
-    BenchConfig,
+from bench.clients import (
     PsiOrders,
     RawRedisDecrement,
+    decrement_key,
+    run_clients,
+    summarize,
+)
+from bench.common import (
+    BenchConfig,
     Scenario,
+    ratio,
+)
+from bench.stores import (
     Stores,
     check_invariants,
     count_rows,
-    decrement_key,
     level_of,
     load_gate,
-    ratio,
-    run_clients,
     seed_levels,
-    summarize,
 )
 
 QUICK = {"units": 100, "attempts": 2_000, "clients": 8}

@@ -15,21 +15,25 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import (
-    BenchConfig,
+from bench.clients import (
     PsiOrders,
     RawRedisDecrement,
+    decrement_key,
+    run_clients,
+    summarize,
+)
+from bench.common import (
+    BenchConfig,
     Scenario,
+    ratio,
+)
+from bench.stores import (
     Stores,
     check_invariants,
     count_rows,
-    decrement_key,
     level_of,
     load_gate,
-    ratio,
-    run_clients,
     seed_levels,
-    summarize,
 )
 from shared_lib.adapters.sql_engine import make_engine
 from shared_lib.domain.model import utcnow

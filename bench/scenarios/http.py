@@ -42,19 +42,23 @@ from typing import Any
 
 import psutil
 
+from bench.clients import (
+    StoreMeter,
+    cpu_seconds,
+)
 from bench.common import (
     BenchConfig,
     Scenario,
-    StoreMeter,
+    free_port,
+    http_status,
+    ratio,
+)
+from bench.stores import (
     Stores,
     check_invariants,
     count_rows,
-    cpu_seconds,
-    free_port,
-    http_status,
     level_of,
     load_gate,
-    ratio,
     seed_levels,
 )
 

@@ -6,18 +6,22 @@ contention is spread out (and where the 2-core machine itself becomes the limit)
 
 from __future__ import annotations
 
+from bench.clients import (
+    PsiOrders,
+    run_clients,
+    summarize,
+)
 from bench.common import (
     BenchConfig,
-    PsiOrders,
     Scenario,
+    sku_name,
+)
+from bench.stores import (
     Stores,
     check_invariants,
     count_rows,
     load_gate,
-    run_clients,
     seed_levels,
-    sku_name,
-    summarize,
 )
 
 QUICK = {"skus": 500, "clients": [1, 4], "duration_s": 1.0}

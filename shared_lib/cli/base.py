@@ -106,7 +106,8 @@ def redis_url(config: Settings) -> str:
 
 def open_gate(config: Settings) -> Any:
     """A RedisGate on the configured Redis (ConfigError when Redis is disabled)."""
-    from shared_lib.adapters.redis_gate import RedisGate, connect
+    from shared_lib.adapters.redis_client import connect
+    from shared_lib.adapters.redis_gate import RedisGate
 
     if config.redis_url == DISABLED:
         raise ConfigError("PSI_REDIS_URL=disabled: there is no Redis gate to look at")

@@ -8,14 +8,12 @@ A function's main.py only declares routes and turns a valid body into a use-case
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import flask
@@ -30,22 +28,27 @@ from shared_lib.domain.errors import (
 from shared_lib.domain.model import RequestMeta
 from shared_lib.http import metrics
 from shared_lib.http.auth import Authenticator, AuthError
+from shared_lib.http.bodies import (
+    RAW_BODY,
+    check_media,
+    discard_unread_body,
+    read_body,
+    remove_framework_drain,
+)
 from shared_lib.http.delivery import (
     OPENFAAS,
     Delivery,
     DeliveryError,
     decode_json,
     final_status,
-    identity_key,
     legacy_key,
-    record_identity,
-    record_key,
     record_position,
     shape_of,
     topic_of_source,
 )
 from shared_lib.http.delivery import parse as parse_delivery
 from shared_lib.http.errors import HttpError, field_name, status_of
+from shared_lib.http.refusals import Sender, write_dead_letter
 from shared_lib.http.routes import HEALTH_PATHS, READY_PATHS, Call, Handler, Reply, Route
 from shared_lib.services.guard import Outcome
 
@@ -56,11 +59,6 @@ log = logs.get_logger(__name__)
 # printable ASCII without ',': a server joins repeated headers with commas, so a key with a
 # comma is two Idempotency-Key headers (RFC 9110 5.3), and which one was meant is unknown
 KEY_PATTERN = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")
-JSON_TYPES = ("application/json",)
-RAW_BODY = "psi.raw_body"
-# set when the body could not be read to its end: the connection cannot be reused
-BODY_BROKEN = "psi.body_broken"
-DRAIN_CHUNK = 64 * 1024
 ROUTE = "psi.route"
 # set once a platform's sender is authenticated and the delivery is for this route's topic
 SENDER = "psi.sender"
@@ -76,16 +74,6 @@ def _as_sent(body: dict[str, Any], request: flask.Request) -> dict[str, Any]:
     return body
 
 
-def _record_headers(request: flask.Request) -> dict[str, str]:
-    """The record's own headers, as kafka-connector passes them (``X-Kafka-<name>``)."""
-    envelope = ("partition", "offset", "key", "key-enc")
-    return {
-        name[len("X-Kafka-") :].lower(): value
-        for name, value in request.headers.items()
-        if name.lower().startswith("x-kafka-") and name[len("X-Kafka-") :].lower() not in envelope
-    }
-
-
 def _answer_http_errors_in_json(flask_app: flask.Flask) -> None:
     """Requests Flask refuses before FunctionApp sees them (a path its URL rules cannot
     match, such as one with a new line) are answered in JSON too, never an HTML page."""
@@ -97,33 +85,6 @@ def _answer_http_errors_in_json(flask_app: flask.Flask) -> None:
         return flask.Response(json.dumps(body), error.code or 400, mimetype="application/json")
 
     flask_app.register_error_handler(HTTPException, answer)
-
-
-def _body_deadline(seconds: float) -> contextlib.AbstractContextManager[Any]:
-    """A deadline for reading a whole body, under gunicorn's gevent worker (a trickling
-    body would otherwise hold its connection as long as each read beats the read timeout);
-    elsewhere (functions-framework's own server, tests) there is none."""
-    if "gevent" in sys.modules:
-        from gevent import Timeout, monkey
-
-        if monkey.is_module_patched("socket"):
-            return Timeout(seconds, TimeoutError("the body did not arrive in time"))
-    return contextlib.nullcontext()
-
-
-def _remove_framework_drain() -> None:
-    """functions-framework registers ``read_request`` (request.get_data() after every
-    response, to avoid resets on early answers); FunctionApp drains bounded instead."""
-    funcs = flask.current_app.after_request_funcs.get(None, [])
-    funcs[:] = [f for f in funcs if getattr(f, "__name__", "") != "read_request"]
-
-
-@dataclass(frozen=True)
-class Sender:
-    """An authenticated platform delivery: what its final answer and dead letter need."""
-
-    platform: str
-    topic: str  # the route's own topic: the only one a letter may name
 
 
 class FunctionApp:
@@ -205,37 +166,11 @@ class FunctionApp:
                 error=error,
             )
         reply.headers.setdefault("X-Request-Id", request_id)
-        self._discard_unread_body(request, reply)
-        return self._respond(reply)
-
-    def _discard_unread_body(self, request: flask.Request, reply: Reply) -> None:
-        """What a caller sent and nobody read (a refused request's body) is read and
-        dropped in chunks, up to PSI_MAX_BODY_BYTES; past that the connection is closed
-        instead. functions-framework's own after-request hook would read all of it into
-        memory, whoever sent it: it is taken off the app once."""
         if not self._drain_hook_removed:
-            _remove_framework_drain()
+            remove_framework_drain()  # FunctionApp drains bounded instead
             self._drain_hook_removed = True
-        if request.environ.get(BODY_BROKEN):
-            reply.headers["Connection"] = "close"
-            return
-        length, raw = request.content_length, request.environ.get(RAW_BODY)
-        if raw is not None and length == len(raw):
-            return  # read to its end
-        if not length and "Transfer-Encoding" not in request.headers:
-            return  # nothing was sent
-        left = self.settings.max_body_bytes
-        try:
-            with _body_deadline(self.settings.body_timeout_seconds):
-                while left > 0:
-                    chunk = request.stream.read(min(DRAIN_CHUNK, left))
-                    if not chunk:
-                        return
-                    left -= len(chunk)
-                if request.stream.read(1):
-                    reply.headers["Connection"] = "close"
-        except Exception:  # the caller stalled or went away mid-body: nothing to answer
-            reply.headers["Connection"] = "close"
+        discard_unread_body(request, reply, self.settings)
+        return self._respond(reply)
 
     def _respond(self, reply: Reply) -> flask.Response:
         if isinstance(reply.body, bytes | str):
@@ -283,8 +218,8 @@ class FunctionApp:
             actor = self.auth.check_sender(authorization, platform)
             self._accept_sender(route, platform, request)
         if route.mutation:
-            self._check_media(request, delivery=platform is not None)
-        raw = self._read_body(request) if route.mutation else None
+            check_media(request, delivery=platform is not None)
+        raw = read_body(request, self.settings) if route.mutation else None
         delivery = None
         try:
             if platform is not None:
@@ -337,35 +272,6 @@ class FunctionApp:
                 },
             )
         request.environ[SENDER] = Sender(platform, named or str(route.topic))
-
-    def _check_media(self, request: flask.Request, *, delivery: bool) -> None:
-        """From the head alone, before any of the body is read: a body must be JSON in
-        UTF-8 and sent as it is (a platform's delivery names its own content type)."""
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise HttpError(
-                415,
-                {
-                    "error": "unsupported_media_type",
-                    "field": "Content-Encoding",
-                    "message": "Content-Encoding: bodies are accepted uncompressed only",
-                },
-                {"Accept-Encoding": "identity"},
-            )
-        has_body = bool(request.content_length) or "Transfer-Encoding" in request.headers
-        if delivery or not has_body:
-            return
-        charset = request.mimetype_params.get("charset", "utf-8").lower()
-        if request.mimetype not in JSON_TYPES or charset not in ("utf-8", "utf8"):
-            raise HttpError(
-                415,
-                {
-                    "error": "unsupported_media_type",
-                    "field": "Content-Type",
-                    "message": "Content-Type: send the body as application/json (UTF-8)",
-                },
-                {"Accept": "application/json"},
-            )
 
     @staticmethod
     def _meta(key: str, actor: str | None, delivery: Delivery | None) -> RequestMeta:
@@ -439,86 +345,27 @@ class FunctionApp:
         return reply
 
     def _dead_letter(self, request: flask.Request, sender: Sender, reply: Reply) -> Reply:
-        """Write the letter through the outbox with a record of the refusal, in one
-        transaction: a record delivered again is answered as the first time, not parked
-        twice. A payload too large for a letter is kept whole in the report store."""
-        from shared_lib.adapters.reports import reports_from_settings
-        from shared_lib.domain.dead_letters import MAX_EXCERPT_BYTES, dead_letter
-        from shared_lib.topics import DEAD_LETTER
-
-        payload = request.environ.get(RAW_BODY, b"")
-        partition, offset = record_position(request.headers)
-        record = None
-        if partition is not None and offset is not None:
-            record = identity_key(*record_identity(sender.topic, partition, offset))
-        letter_id = str(uuid.uuid5(uuid.NAMESPACE_URL, record) if record else uuid.uuid4())
-        ref = None
-        if len(payload) > MAX_EXCERPT_BYTES:
-            store = reports_from_settings(self.settings)
-            ref = store.keep(f"dead-letters/{sender.topic}/{letter_id}", payload)
-        document = dead_letter(
-            topic=sender.topic,
-            partition=partition,
-            offset=offset,
-            key=record_key(request.headers),
-            payload=payload,
-            status=reply.status,
-            reason=json.dumps(reply.body) if isinstance(reply.body, dict) else str(reply.body),
-            payload_ref=ref,
+        answer, parked = write_dead_letter(
+            request,
+            sender,
+            reply,
             function=self.name,
-            id=letter_id,
-            headers=_record_headers(request),
+            settings=self.settings,
+            tx=self.platform.deps.tx,
         )
-        answer = {"status": reply.status, "body": reply.body}
-
-        def park(store: Any) -> dict[str, Any] | None:
-            if record is not None:
-                prior = store.recall(record)
-                if prior is not None:
-                    return dict(prior[1])
-                store.remember(record, "dead-letter", "dead_letter", answer)
-            store.add_event(DEAD_LETTER, document["key"] or "", document)
-            return None
-
-        first = self.platform.deps.tx.run(park)
-        if first is not None:
-            return Reply(int(first["status"]), first["body"])
-        metrics.dead_letter(self.name, sender.topic)
-        log.warning(
-            "dead-lettered",
-            topic=sender.topic,
-            partition=partition,
-            offset=offset,
-            status=reply.status,
-            payload_bytes=len(payload),
-        )
-        self._after_commit()
-        return reply
-
-    def _read_body(self, request: flask.Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise HttpError(413, {"error": "body_too_large", "limit_bytes": limit})
-        try:
-            with _body_deadline(self.settings.body_timeout_seconds):
-                raw = request.stream.read(limit + 1)
-        except Exception as exc:  # the server's reader, whatever it raises: the caller's doing
-            request.environ[BODY_BROKEN] = True
-            if isinstance(exc, TimeoutError):
-                raise HttpError(
-                    408,
-                    {"error": "request_timeout", "message": "the body stopped arriving"},
-                    {"Connection": "close"},
-                ) from None
-            raise HttpError(
-                400,
-                {"error": "incomplete_body", "message": "the body ended before its length"},
-                {"Connection": "close"},
-            ) from None
-        request.environ[RAW_BODY] = raw
-        if len(raw) > limit:
-            raise HttpError(413, {"error": "body_too_large", "limit_bytes": limit})
-        return raw
+        if parked:
+            metrics.dead_letter(self.name, sender.topic)
+            partition, offset = record_position(request.headers)
+            log.warning(
+                "dead-lettered",
+                topic=sender.topic,
+                partition=partition,
+                offset=offset,
+                status=reply.status,
+                payload_bytes=len(request.environ.get(RAW_BODY, b"")),
+            )
+            self._after_commit()
+        return answer
 
     def _validate(self, route: Route, document: Any) -> Any:
         if route.body is None:
