@@ -45,9 +45,10 @@ class State:
     recorded_at: dict[str, datetime] = field(default_factory=dict)
 
 
-class FakeStore:
-    def __init__(self, state: State) -> None:
-        self.s = state
+class FakeRecords:
+    """services.ports.IdempotencyRecords over the shared State."""
+
+    s: State
 
     def recall(self, key: str) -> tuple[str, dict[str, Any]] | None:
         return self.s.records.get(key)
@@ -65,6 +66,12 @@ class FakeStore:
         for record in records:
             self.remember(*record)
 
+
+class FakeCatalog:
+    """services.ports.Catalog over the shared State."""
+
+    s: State
+
     def product(self, sku: str) -> Product | None:
         return self.s.products.get(sku)
 
@@ -73,6 +80,35 @@ class FakeStore:
 
     def warehouse(self, code: str) -> Warehouse | None:
         return self.s.warehouses.get(code)
+
+    def upsert_product(self, product: Product) -> bool:
+        created = product.sku not in self.s.products
+        self.s.products[product.sku] = product
+        return created
+
+    def upsert_warehouse(self, warehouse: Warehouse) -> bool:
+        created = warehouse.code not in self.s.warehouses
+        self.s.warehouses[warehouse.code] = warehouse
+        return created
+
+    def product_in_use(self, sku: str) -> bool:
+        held = any(lv.on_hand or lv.reserved for (_, s), lv in self.s.levels.items() if s == sku)
+        history = any(m["sku"] == sku for m in self.s.movements)
+        ordered = any(ln.sku == sku for o in self.s.orders.values() for ln in o.lines)
+        return held or history or ordered
+
+    def delete_product(self, sku: str) -> bool:
+        if self.product_in_use(sku) or sku not in self.s.products:
+            return False
+        self.s.levels = {k: lv for k, lv in self.s.levels.items() if k[1] != sku}
+        del self.s.products[sku]
+        return True
+
+
+class FakeLedger:
+    """services.ports.StockLedger over the shared State."""
+
+    s: State
 
     def level(self, warehouse: str, sku: str) -> Level | None:
         return self.s.levels.get((warehouse, sku))
@@ -160,28 +196,11 @@ class FakeStore:
     def add_events(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         self.s.outbox.extend(events)
 
-    def upsert_product(self, product: Product) -> bool:
-        created = product.sku not in self.s.products
-        self.s.products[product.sku] = product
-        return created
 
-    def upsert_warehouse(self, warehouse: Warehouse) -> bool:
-        created = warehouse.code not in self.s.warehouses
-        self.s.warehouses[warehouse.code] = warehouse
-        return created
+class FakeReadModel:
+    """services.ports.ReadModel over the shared State."""
 
-    def product_in_use(self, sku: str) -> bool:
-        held = any(lv.on_hand or lv.reserved for (_, s), lv in self.s.levels.items() if s == sku)
-        history = any(m["sku"] == sku for m in self.s.movements)
-        ordered = any(ln.sku == sku for o in self.s.orders.values() for ln in o.lines)
-        return held or history or ordered
-
-    def delete_product(self, sku: str) -> bool:
-        if self.product_in_use(sku) or sku not in self.s.products:
-            return False
-        self.s.levels = {k: lv for k, lv in self.s.levels.items() if k[1] != sku}
-        del self.s.products[sku]
-        return True
+    s: State
 
     def products_page(self, after_sku: str | None, limit: int) -> list[Product]:
         skus = sorted(s for s in self.s.products if after_sku is None or s > after_sku)
@@ -231,6 +250,13 @@ class FakeStore:
             MovementRecord(**{f.name: m[f.name] for f in fields(MovementRecord)})
             for m in rows[:limit]
         ]
+
+
+class FakeStore(FakeRecords, FakeCatalog, FakeLedger, FakeReadModel):
+    """services.ports.StockStore: every role over one State."""
+
+    def __init__(self, state: State) -> None:
+        self.s = state
 
 
 class FakeTransactions:

@@ -49,11 +49,14 @@ from shared_lib.domain.model import (
 )
 from shared_lib.services.ports import (
     AlreadyRecorded,
+    Catalog,
     GateAnswer,
     HoldResult,
+    IdempotencyRecords,
     MovementNote,
     OrderJournal,
     StockGate,
+    StockLedger,
     StockStore,
     Transactions,
 )
@@ -199,10 +202,10 @@ def answer_once(
     another request; otherwise ``produce`` runs (it says whether its answer is itself a
     stored one) and its answer is recorded under the key."""
 
-    def recorded(store: StockStore) -> tuple[str, dict[str, Any]] | None:
+    def recorded(store: IdempotencyRecords) -> tuple[str, dict[str, Any]] | None:
         return store.recall(key)
 
-    def record(store: StockStore) -> tuple[str, dict[str, Any]] | None:
+    def record(store: IdempotencyRecords) -> tuple[str, dict[str, Any]] | None:
         prior = store.recall(key)
         if prior is None:
             store.remember(key, fingerprint, kind, body)
@@ -249,7 +252,7 @@ def _raise_short(
     """A short answer costs no database statement unless the gate has never seen a SKU."""
     if unknown:
 
-        def lookup(store: StockStore) -> None:
+        def lookup(store: Catalog) -> None:
             if store.warehouse(warehouse) is None:
                 raise UnknownWarehouse(warehouse)
             known = store.products(unknown)
@@ -305,7 +308,7 @@ def _settle(
         deps.gate.settle(warehouse, req, group, fingerprint=fingerprint)
 
 
-def check_catalog(store: StockStore, changes: Sequence[Change]) -> dict[str, Product]:
+def check_catalog(store: Catalog, changes: Sequence[Change]) -> dict[str, Product]:
     """Every warehouse and product the changes name exists; their products by sku."""
     for warehouse in sorted({c.warehouse for c in changes}):
         if store.warehouse(warehouse) is None:
@@ -361,7 +364,7 @@ def apply_changes(
 
 
 def _record(
-    store: StockStore,
+    store: StockLedger,
     change: Change,
     after: Level,
     note: MovementNote,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from shared_lib.domain.errors import InvalidRequest
 from shared_lib.domain.model import check_code
 from shared_lib.services.guard import Deps
-from shared_lib.services.ports import StockStore
+from shared_lib.services.ports import ReadModel, StockStore
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -88,7 +88,7 @@ def _after_pair(cursor: str | None) -> tuple[str, str] | None:
 
 def _page(
     deps: Deps,
-    fetch: Callable[[StockStore, int], Sequence[Item]],
+    fetch: Callable[[ReadModel, int], Sequence[Item]],
     page: Page,
     show: Callable[[Item], dict[str, Any]],
     key: Callable[[Item], tuple[str | int, ...]],
