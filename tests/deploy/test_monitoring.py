@@ -200,3 +200,34 @@ def test_promtool_parses_every_dashboard_query(promtool: str, tmp_path: Path) ->
     rule_file = tmp_path / "dashboard.rules.yaml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
     run(promtool, "check", "rules", str(rule_file), cwd=tmp_path)
+
+
+def readme_yaml_blocks() -> list[str]:
+    text = (MONITORING / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"```yaml\n(.*?)```", text, re.S)
+
+
+def test_the_readmes_prometheus_configuration_is_valid(promtool: str, tmp_path: Path) -> None:
+    """The plain prometheus.yml snippet, as promtool reads a configuration (its keys are
+    snake_case: camelCase ones from the operator's CRDs are errors there)."""
+    (config,) = [b for b in readme_yaml_blocks() if b.startswith("scrape_configs:")]
+    document = yaml.safe_load(config)
+    assert document["rule_files"]
+    document["rule_files"] = [str(ALERTS)]
+    for job in document["scrape_configs"]:
+        # Debian's Prometheus is built without Kubernetes discovery: a static target stands
+        # in for it, and everything else (relabelings, their keys) is checked as written
+        assert job.pop("kubernetes_sd_configs")
+        job["static_configs"] = [{"targets": ["127.0.0.1:8080"]}]
+    target = tmp_path / "prometheus.yml"
+    target.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    run(promtool, "check", "config", str(target), cwd=tmp_path)
+
+
+def test_the_readmes_pod_monitor_uses_the_operators_keys() -> None:
+    (monitor,) = [b for b in readme_yaml_blocks() if "kind: PodMonitor" in b]
+    document = yaml.safe_load(monitor)
+    endpoint = document["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["port"] == "http"  # the name faas-netes gives the function's port
+    for relabeling in endpoint["relabelings"]:
+        assert set(relabeling) <= {"sourceLabels", "targetLabel", "replacement", "regex", "action"}
