@@ -602,3 +602,21 @@ def test_a_writable_root_file_system_is_reported(copy: Path) -> None:
             "infra/knative/service-catalog.yaml", "Knative Service catalog: /tmp is not an emptyDir"
         ),
     ]
+
+
+def test_the_strimzi_operator_is_pinned_to_a_release_serving_the_manifests_api() -> None:
+    """infra/data uses kafka.strimzi.io/v1: Strimzi serves it from 0.49 on (and only it from
+    1.0); an unpinned install takes whatever the chart repository has that day."""
+    from packaging.version import Version
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    installs = [ln for ln in readme.splitlines() if "strimzi/strimzi-kafka-operator" in ln]
+    assert installs, "the README installs no Strimzi operator"
+    for line in installs:
+        pinned = re.search(r"--version (\S+)", line)
+        assert pinned, line
+        assert Version(pinned.group(1)) >= Version("0.49"), line
+    from tests.deploy.manifests.loading import manifests as documents
+
+    versions = {doc.api_version for doc in documents(ROOT) if "strimzi" in doc.api_version}
+    assert versions == {"kafka.strimzi.io/v1"}
