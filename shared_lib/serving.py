@@ -17,6 +17,7 @@ import os
 import socket
 from typing import Any
 
+import gevent
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -67,8 +68,6 @@ class Worker(GeventWorker):
         next request is already in the socket would otherwise be served again and again
         without a switch (a read with data waiting does not yield), and the worker's other
         connections wait behind it for seconds."""
-        import gevent
-
         try:
             return super().handle_request(*args)
         finally:

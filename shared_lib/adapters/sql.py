@@ -22,7 +22,7 @@ from shared_lib.adapters import sql_bulk
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.sql_catalog import SqlCatalogWrites
 from shared_lib.adapters.sql_engine import is_duplicate, is_transient, is_unreachable
-from shared_lib.adapters.sql_read import SqlReadModel, _level
+from shared_lib.adapters.sql_read import SqlReadModel, level_from_row
 from shared_lib.domain.errors import StoreUnavailable
 from shared_lib.domain.model import (
     Change,
@@ -99,6 +99,7 @@ class SqlStore(SqlCatalogWrites, SqlReadModel):
         # MySQL and MariaDB: the group-commit path's statements are plain SQL text
         self.mysql = self.dialect in ("mysql", "mariadb")
         self.json_table = sql_bulk.has_json_table(conn)
+        self.insert_returning = self.json_table and sql_bulk.has_insert_returning(conn)
 
     def _insert_many(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
         """One multi-row INSERT: with JSON_TABLE the rows travel as one JSON document
@@ -202,7 +203,7 @@ class SqlStore(SqlCatalogWrites, SqlReadModel):
         else:
             query = sa.select(s).where(s.c.warehouse == warehouse, s.c.sku == sku)
             row = self.conn.execute(query).first()
-        return _level(row) if row else None
+        return level_from_row(row) if row else None
 
     def apply(self, change: Change) -> Level | None:
         if self.mysql and change.expect_on_hand is None:
@@ -248,7 +249,7 @@ class SqlStore(SqlCatalogWrites, SqlReadModel):
         query = sa.select(s).where(s.c.warehouse == warehouse)
         if after_sku is not None:
             query = query.where(s.c.sku > after_sku)
-        return [_level(r) for r in self.conn.execute(query.order_by(s.c.sku).limit(limit))]
+        return [level_from_row(r) for r in self.conn.execute(query.order_by(s.c.sku).limit(limit))]
 
     def recent_requests(
         self, warehouse: str, since: datetime, after: tuple[datetime, str] | None, limit: int
@@ -287,7 +288,7 @@ class SqlStore(SqlCatalogWrites, SqlReadModel):
 
     def append_movements(self, rows: Sequence[tuple[Change, Level, MovementNote]]) -> list[int]:
         """One multi-row INSERT ... RETURNING where the server has it (MariaDB, SQLite)."""
-        if sql_bulk.has_insert_returning(self.conn):
+        if self.insert_returning:
             movements = [_movement(*row) for row in rows]
             returned = sql_bulk.insert_rows(self.conn, t.movements, movements, returning=("id",))
             if len(returned) != len(rows):

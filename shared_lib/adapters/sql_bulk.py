@@ -42,7 +42,7 @@ def has_json_table(conn: Connection) -> bool:
 
 def has_insert_returning(conn: Connection) -> bool:
     """INSERT ... RETURNING: MariaDB has it (10.5+), MySQL does not."""
-    return bool(getattr(conn.dialect, "is_mariadb", False)) and has_json_table(conn)
+    return bool(getattr(conn.dialect, "is_mariadb", False))
 
 
 def _plain(value: Any) -> Any:

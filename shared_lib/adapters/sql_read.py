@@ -13,7 +13,7 @@ from shared_lib.domain.model import Level, Product, Warehouse
 from shared_lib.services.ports import MovementRecord
 
 
-def _level(row: Any) -> Level:
+def level_from_row(row: Any) -> Level:
     return Level(row.sku, row.warehouse, int(row.on_hand), int(row.reserved), int(row.version))
 
 
@@ -53,7 +53,7 @@ class SqlReadModel:
         s = t.stock_levels
         query = _level_filters(sa.select(s), warehouse, sku, after)
         return [
-            _level(r)
+            level_from_row(r)
             for r in self.conn.execute(query.order_by(s.c.warehouse, s.c.sku).limit(limit))
         ]
 
@@ -65,7 +65,7 @@ class SqlReadModel:
             sa.select(s, p.c.reorder_point).join(p, p.c.sku == s.c.sku), warehouse, None, after
         ).where(s.c.on_hand - s.c.reserved <= p.c.reorder_point, p.c.track_inventory == sa.true())
         rows = self.conn.execute(query.order_by(s.c.warehouse, s.c.sku).limit(limit))
-        return [(_level(r), int(r.reorder_point)) for r in rows]
+        return [(level_from_row(r), int(r.reorder_point)) for r in rows]
 
     def movements_page(
         self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int

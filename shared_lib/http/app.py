@@ -29,7 +29,6 @@ from shared_lib.domain.model import RequestMeta
 from shared_lib.http import metrics
 from shared_lib.http.auth import Authenticator, AuthError
 from shared_lib.http.bodies import (
-    RAW_BODY,
     check_media,
     discard_unread_body,
     read_body,
@@ -42,7 +41,6 @@ from shared_lib.http.delivery import (
     decode_json,
     final_status,
     legacy_key,
-    record_position,
     shape_of,
     topic_of_source,
 )
@@ -354,16 +352,6 @@ class FunctionApp:
             tx=self.platform.deps.tx,
         )
         if parked:
-            metrics.dead_letter(self.name, sender.topic)
-            partition, offset = record_position(request.headers)
-            log.warning(
-                "dead-lettered",
-                topic=sender.topic,
-                partition=partition,
-                offset=offset,
-                status=reply.status,
-                payload_bytes=len(request.environ.get(RAW_BODY, b"")),
-            )
             self._after_commit()
         return answer
 

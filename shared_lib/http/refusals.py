@@ -10,11 +10,15 @@ from typing import Any
 
 import flask
 
+from shared_lib import logs
 from shared_lib.config import Settings
+from shared_lib.http import metrics
 from shared_lib.http.bodies import RAW_BODY
 from shared_lib.http.delivery import identity_key, record_identity, record_key, record_position
 from shared_lib.http.routes import Reply
 from shared_lib.services.ports import Transactions
+
+log = logs.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,8 @@ def write_dead_letter(
 ) -> tuple[Reply, bool]:
     """Write the letter through the outbox with a record of the refusal, in one
     transaction: a record delivered again is answered as the first time, not parked
-    twice (the answer, and whether this call parked it). A payload too large for a letter
-    is kept whole in the report store."""
+    twice (the answer, and whether this call parked it: then it is counted and logged).
+    A payload too large for a letter is kept whole in the report store."""
     from shared_lib.adapters.reports import reports_from_settings
     from shared_lib.domain.dead_letters import MAX_EXCERPT_BYTES, dead_letter
     from shared_lib.topics import DEAD_LETTER
@@ -90,4 +94,13 @@ def write_dead_letter(
     first = tx.run(park)
     if first is not None:
         return Reply(int(first["status"]), first["body"]), False
+    metrics.dead_letter(function, sender.topic)
+    log.warning(
+        "dead-lettered",
+        topic=sender.topic,
+        partition=partition,
+        offset=offset,
+        status=reply.status,
+        payload_bytes=len(payload),
+    )
     return reply, True
