@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from bench.common import BARRIER_TIMEOUT, MAX_ERRORS_PER_CLIENT, REDIS_TIMEOUT
 from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.adapters.redis_journal import RedisJournal
 from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.adapters.sql_engine import make_engine
 from shared_lib.domain.errors import InsufficientStock
@@ -79,7 +80,9 @@ class PsiOrders:
         self.engine = make_engine(config["url"], pool_size=1)
         self.client = redis.Redis.from_url(config["redis_url"], socket_timeout=REDIS_TIMEOUT)
         self.gate = RedisGate(self.client, prefix=config["prefix"])
-        self.deps = Deps(tx=SqlTransactions(self.engine), gate=self.gate, journal=self.gate)
+        self.deps = Deps(
+            tx=SqlTransactions(self.engine), gate=self.gate, journal=RedisJournal(self.gate)
+        )
         self.warehouse: str = config["warehouse"]
         self.skus: list[str] = list(config["skus"])
         self.tag = f"{config['tag']}-{index}"

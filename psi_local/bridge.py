@@ -1,27 +1,11 @@
-"""Local stand-in for the platform that delivers Kafka records to the functions.
+"""Local stand-in for the platform that delivers Kafka records to the functions: a thread
+that consumes the routed topics and hands each record, in order per partition, to a
+dispatcher (``psi_local.dispatchers``) that behaves as the platform does.
 
-``platform="knative"`` (the default) does what a Knative KafkaSource's dispatcher does
-(knative-extensions/eventing-kafka-broker; docs/platform-contracts.md has the rules and
-their sources):
-
-* a record that is a CloudEvent by the Kafka binding (``content-type:
-  application/cloudevents+json``, or ``ce_specversion`` headers) is forwarded as that
-  event; any other record becomes ``id partition:<p>/offset:<o>``, ``source
-  /apis/v1/namespaces/<ns>/kafkasources/<name>#<topic>``, ``type dev.knative.kafka.event``,
-  with ``key``/``partitionkey`` and ``kafkaheader<name>`` extensions;
-* always sent in binary mode, with the ``knativekafkapartition``/``knativekafkaoffset``
-  extensions and an OIDC sender token (``Authorization: Bearer``) from a local issuer;
-* 404, 408, 409, 429, 5xx and network errors are retried with exponential backoff
-  (``delay * 2^n``); anything else, or a retry budget spent, goes to the dead-letter sink:
-  a KafkaSink record in binary mode (``ce_`` headers plus ``knativeerrordest``,
-  ``knativeerrorcode``, ``knativeerrordata``, the event's data as value).
-
-``platform="openfaas"`` does what kafka-connector with asynchronous invocation and the
-queue-worker do: the record value as body, ``X-Topic``, ``X-Kafka-Partition``,
-``X-Kafka-Offset``, ``X-Kafka-Key`` and ``X-Kafka-<header>``, HTTP Basic credentials (the
-user info of the connector's gateway URL); 408, 429, 500, 502, 503, 504 and network errors
-are retried with exponential backoff (``Retry-After`` honoured on 429 and 503); any other
-answer ends the record - the function parks what it refuses.
+``platform="knative"`` (the default ``KnativeDispatcher``) does what a Knative KafkaSource's
+dispatcher does; ``platform="openfaas"`` (``OpenFaasConnector``) what kafka-connector with
+asynchronous invocation and the queue-worker do. docs/platform-contracts.md has the rules and
+their sources.
 
 No record can stop the bridge: one it cannot even shape is dead-lettered (Knative) or
 logged and skipped (OpenFaaS), and ``stalled()`` names a partition that stopped moving.
@@ -29,45 +13,28 @@ logged and skipped (OpenFaaS), and ``stalled()`` names a partition that stopped 
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from psi_local.dispatchers import Dispatcher, HttpSender, KnativeDispatcher, Unsendable
 from shared_lib.adapters.kafka import (
     EventPublisher,
-    Headers,
     KafkaEventPublisher,
     PublishError,
     Record,
     new_consumer,
     to_record,
 )
-from shared_lib.http.delivery import CLOUDEVENTS_JSON, KNATIVE, OPENFAAS, retried_by
 from shared_lib.topics import DEAD_LETTER
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, TopicPartition
 
-    from psi_local.oidc import LocalIssuer
-
 log = logging.getLogger(__name__)
-
-CE_TYPE = "dev.knative.kafka.event"
-MAX_BODY_READ = 64 * 1024
-ERROR_DATA_MAX_BYTES = 1024  # knativeerrordata: the answer's first KiB (RecordDispatcherImpl)
-# kafka-connector's Helm chart default content type for invocations
-CONNECTOR_CONTENT_TYPE = "text/plain"
 
 
 class BridgeError(RuntimeError):
@@ -82,283 +49,6 @@ class BridgeStats:
     dead_letter_failures: int = 0
     given_up: int = 0  # OpenFaaS: retries spent, the record is lost as the queue-worker loses it
     unshapeable: int = 0
-
-
-def _ce_header_value(text: str) -> str:
-    # CloudEvents HTTP binding: percent-encode space, '"', '%' and non-printable-ASCII
-    out = []
-    for ch in text:
-        if 0x21 <= ord(ch) <= 0x7E and ch not in '"%':
-            out.append(ch)
-        else:
-            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
-    return "".join(out)
-
-
-def _header(record: Record, name: str) -> bytes | None:
-    for key, raw in record.headers:
-        if key.lower() == name:
-            return raw
-    return None
-
-
-@dataclass(frozen=True)
-class Event:
-    """A CloudEvent as the dispatcher holds it: attributes and extensions, and its data."""
-
-    attributes: dict[str, str]
-    data: bytes
-
-    def http(self) -> tuple[bytes, dict[str, str]]:
-        """Binary-mode HTTP: ``ce-<attr>`` headers, ``datacontenttype`` as Content-Type."""
-        headers = {}
-        for name, value in self.attributes.items():
-            if name == "datacontenttype":
-                headers["Content-Type"] = value
-            else:
-                headers[f"ce-{name}"] = _ce_header_value(value)
-        return self.data, headers
-
-    def kafka(self) -> tuple[bytes, Headers]:
-        """What a KafkaSink in binary content mode writes: ``ce_<attr>`` headers, the
-        ``datacontenttype`` as ``content-type``, the data as value."""
-        headers: Headers = []
-        for name, value in self.attributes.items():
-            header = "content-type" if name == "datacontenttype" else f"ce_{name}"
-            headers.append((header, value.encode("utf-8")))
-        return self.data, headers
-
-
-def _structured_event(value: bytes) -> Event | None:
-    """The event in a structured-mode record; None when it cannot be read (the dispatcher
-    then wraps the record as it would any other)."""
-    try:
-        document = json.loads(value)
-        if not isinstance(document, dict) or not document.get("id") or not document.get("source"):
-            return None
-        attributes = {
-            k: v if isinstance(v, str) else json.dumps(v)
-            for k, v in document.items()
-            if k not in ("data", "data_base64")
-        }
-        for text in attributes.values():
-            text.encode("utf-8")
-        if "data_base64" in document:
-            data = base64.b64decode(str(document["data_base64"]))
-        elif "data" in document:
-            attributes.setdefault("datacontenttype", "application/json")
-            payload = document["data"]
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-        else:
-            data = b""
-    except (ValueError, RecursionError, UnicodeError):
-        return None
-    return Event(attributes, data)
-
-
-def kafka_event(record: Record, namespace: str, source: str) -> Event:
-    """The CloudEvent a KafkaSource makes of ``record`` (see the module doc)."""
-    content_type = (_header(record, "content-type") or b"").decode("latin-1").lower()
-    event = None
-    if content_type.startswith(CLOUDEVENTS_JSON):
-        event = _structured_event(record.value)
-    elif _header(record, "ce_specversion") is not None:
-        attributes = {
-            name[3:].lower(): raw.decode("utf-8", "replace")
-            for name, raw in record.headers
-            if name.lower().startswith("ce_") and len(name) > 3
-        }
-        if content_type:
-            attributes["datacontenttype"] = content_type
-        event = Event(attributes, record.value)
-    if event is None:  # not a CloudEvent (or not a readable one): the dispatcher wraps it
-        attributes = {
-            "specversion": "1.0",
-            "id": f"partition:{record.partition}/offset:{record.offset}",
-            "source": f"/apis/v1/namespaces/{namespace}/kafkasources/{source}#{record.topic}",
-            "type": CE_TYPE,
-            "subject": f"partition:{record.partition}#{record.offset}",
-        }
-        if record.timestamp is not None:
-            moment = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-            attributes["time"] = moment.isoformat().replace("+00:00", "Z")
-        if record.key is not None:
-            key = record.key.decode("utf-8", "replace")
-            attributes["key"] = attributes["partitionkey"] = key
-        for name, raw in record.headers:
-            if name.lower() == "content-type":
-                attributes["datacontenttype"] = raw.decode("utf-8", "replace").lower()
-            else:
-                clean = "".join(c for c in name.lower() if c.isascii() and c.isalnum())
-                attributes[f"kafkaheader{clean}"] = raw.decode("utf-8", "replace")
-        event = Event(attributes, record.value)
-    event.attributes["knativekafkapartition"] = str(record.partition)
-    event.attributes["knativekafkaoffset"] = str(record.offset)
-    return event
-
-
-def dead_letter_record(
-    event: Event, *, url: str, status: int, answer: str
-) -> tuple[bytes, Headers, str | None]:
-    """The record the deadLetterSink (a binary-mode KafkaSink) writes for a failed event:
-    value, headers and key (its ``partitionkey``)."""
-    attributes = dict(event.attributes)
-    attributes["knativeerrordest"] = url
-    if status:
-        attributes["knativeerrorcode"] = str(status)
-        data = answer.encode("utf-8")[:ERROR_DATA_MAX_BYTES]
-        if data:
-            attributes["knativeerrordata"] = base64.b64encode(data).decode("ascii")
-    value, headers = Event(attributes, event.data).kafka()
-    return value, headers, attributes.get("partitionkey")
-
-
-class Dispatcher(Protocol):
-    """One platform's way to deliver a record: shape, retry policy, and the end of it."""
-
-    name: str
-    max_attempts: int
-
-    def request(self, record: Record, url: str) -> tuple[bytes, dict[str, str]]: ...
-
-    def retried(self, status: int) -> bool: ...
-
-    def delay(self, attempt: int, retry_after: float | None) -> float: ...
-
-    def letter(
-        self, record: Record, url: str, status: int, answer: str
-    ) -> tuple[bytes, Headers, str | None] | None:
-        """What its dead-letter sink writes for a record that failed for good (value,
-        headers, key); None when the platform has none."""
-        ...
-
-
-@dataclass
-class KnativeDispatcher:
-    """KafkaSource: CloudEvents with an OIDC sender token; ``retry`` and ``backoff_delay``
-    are the source's ``spec.delivery.retry`` and ``backoffDelay`` (seconds)."""
-
-    sources: Mapping[str, str]  # topic -> KafkaSource name (also the function's name)
-    issuer: LocalIssuer | None = None
-    namespace: str = "psi"
-    retry: int = 10
-    backoff_delay: float = 1.0
-    name: str = KNATIVE
-
-    @property
-    def max_attempts(self) -> int:
-        return self.retry + 1
-
-    def event(self, record: Record) -> Event:
-        return kafka_event(record, self.namespace, self.sources[record.topic])
-
-    def request(self, record: Record, url: str) -> tuple[bytes, dict[str, str]]:
-        from psi_local.oidc import kafka_source_subject, service_audience
-
-        body, headers = self.event(record).http()
-        headers["Prefer"] = "reply"
-        headers["Kn-Namespace"] = self.namespace
-        if self.issuer is not None:
-            source = self.sources[record.topic]
-            token = self.issuer.token(
-                service_audience(self.namespace, source),
-                kafka_source_subject(self.namespace, source),
-            )
-            headers["Authorization"] = f"Bearer {token}"
-        return body, headers
-
-    def retried(self, status: int) -> bool:
-        return status == 0 or retried_by(KNATIVE, status)
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        return self.backoff_delay * 2**attempt  # EKB ignores Retry-After
-
-    def letter(
-        self, record: Record, url: str, status: int, answer: str
-    ) -> tuple[bytes, Headers, str | None]:
-        try:
-            return dead_letter_record(self.event(record), url=url, status=status, answer=answer)
-        except Exception:  # its headers cannot be written: park it as a plain record
-            log.exception("dead letter of %s-%s-%s written without its headers", *_where(record))
-            bare = self.event(replace(record, headers=[]))
-            return dead_letter_record(bare, url=url, status=status, answer="")
-
-
-@dataclass
-class OpenFaasConnector:
-    """kafka-connector with ``asyncInvocation`` and the queue-worker's retries; the
-    credential is the key in the user info of its gateway URL (sent as Basic)."""
-
-    credential: str | None = None  # an API key with the events:deliver scope
-    max_attempts: int = 100
-    initial_wait: float = 10.0
-    max_wait: float = 120.0
-    user: str = "kafka-connector"
-    name: str = OPENFAAS
-
-    def request(self, record: Record, url: str) -> tuple[bytes, dict[str, str]]:
-        headers = {
-            "Content-Type": CONNECTOR_CONTENT_TYPE,
-            "X-Connector": "connector-sdk",
-            "X-Topic": record.topic,
-            "X-Kafka-Partition": str(record.partition),
-            "X-Kafka-Offset": str(record.offset),
-        }
-        if record.key is not None:
-            try:
-                headers["X-Kafka-Key"] = record.key.decode("ascii")
-            except UnicodeDecodeError:
-                headers["X-Kafka-Key"] = base64.b64encode(record.key).decode("ascii")
-                headers["X-Kafka-Key-Enc"] = "b64"
-        for name, raw in record.headers:
-            headers["X-Kafka-" + name] = raw.decode("latin-1")
-        if self.credential is not None:
-            pair = f"{self.user}:{self.credential}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        return record.value, headers
-
-    def retried(self, status: int) -> bool:
-        return status == 0 or retried_by(OPENFAAS, status)
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(self.max_wait, retry_after)
-        return min(self.max_wait, self.initial_wait * 2 ** (attempt - 1))
-
-    def letter(self, record: Record, url: str, status: int, answer: str) -> None:
-        return None  # OpenFaaS has no dead-letter sink: the function parks what it refuses
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # a redirected POST would turn into a body-less GET: treat 3xx as a failed delivery
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _read_text(response: Any) -> str:
-    try:
-        return bytes(response.read(MAX_BODY_READ)).decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException):
-        return ""
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Retry-After in seconds (a number or an HTTP date); None when absent or unreadable."""
-    value = str((headers.get("Retry-After") if headers is not None else None) or "").strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _where(record: Record) -> tuple[str, int, int]:
-    return record.topic, record.partition, record.offset
-
-
-class Unsendable(Exception):
-    """A request HTTP cannot carry (a header value it refuses): no retry can help."""
 
 
 class KafkaBridge:
@@ -399,10 +89,7 @@ class KafkaBridge:
         self.publish_timeout = publish_timeout
         self._owns_publisher = publisher is None
         self._publisher: EventPublisher = publisher or KafkaEventPublisher(bootstrap)
-        self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}),  # local functions: never via an env proxy
-            _NoRedirect(),
-        )
+        self._sender = HttpSender(http_timeout)
         self._positions: dict[TopicPartition, int] = {}  # next offset to deliver
         self._busy_since: dict[TopicPartition, float] = {}  # a record not yet done, since
         self._topic_ids: dict[str, Any] = {}
@@ -470,12 +157,7 @@ class KafkaBridge:
     def __enter__(self) -> KafkaBridge:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # -- consumer thread ---------------------------------------------------------------
@@ -618,24 +300,6 @@ class KafkaBridge:
 
     # -- one record --------------------------------------------------------------------
 
-    def _post(
-        self, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, str, float | None]:
-        """Status (0: no answer), the answer's text, and its Retry-After in seconds."""
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with self._opener.open(request, timeout=self.http_timeout) as response:
-                return int(response.status), _read_text(response), None
-        except urllib.error.HTTPError as exc:
-            with exc:
-                # honoured on 429 and 503 only (the queue-worker's rule; EKB ignores it)
-                wait = _retry_after(exc.headers) if exc.code in (429, 503) else None
-                return int(exc.code), _read_text(exc), wait
-        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
-            return 0, f"{type(exc).__name__}: {exc}", None
-        except (ValueError, UnicodeError) as exc:  # a header value HTTP cannot carry
-            raise Unsendable(str(exc)) from exc
-
     def _handle(self, record: Record) -> bool | None:
         """True: done (delivered, dead-lettered or given up). False: the dead letter could
         not be written, come back to it. None: stopping."""
@@ -650,7 +314,7 @@ class KafkaBridge:
         while True:
             attempt += 1
             try:
-                status, text, retry_after = self._post(url, body, headers)
+                status, text, retry_after = self._sender.post(url, body, headers)
             except Unsendable as exc:
                 self._count(unshapeable=1)
                 return self._give_up(record, 0, f"the request cannot be sent: {exc}", url)

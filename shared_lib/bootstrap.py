@@ -14,9 +14,11 @@ from shared_lib.adapters.kafka import EventPublisher
 from shared_lib.adapters.outbox import BackgroundRelay, OutboxRelay
 from shared_lib.adapters.redis_client import connect as connect_redis
 from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.adapters.redis_journal import RedisJournal
 from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.adapters.sql_engine import make_engine
 from shared_lib.config import Settings, get_settings
+from shared_lib.domain.trace import TraceContext
 from shared_lib.services.cache import GateRebuilder
 from shared_lib.services.guard import Deps
 
@@ -43,6 +45,7 @@ class Platform:
         *,
         repair: bool = True,
         on_progress: Callable[[int, int | None], None] | None = None,
+        trace: TraceContext | None = None,
     ) -> dict[str, Any]:
         """The reconcile use case wired to this process's stores; counts the drift of runs
         that scanned (the stored answer of a finished run key is not counted again)."""
@@ -68,6 +71,7 @@ class Platform:
             repair=repair,
             redrive=self.relay.drain if self.relay else None,
             on_progress=progress,
+            trace=trace,
         )
         if scanned:
             metrics.observe_reconcile(result)
@@ -150,7 +154,7 @@ def build(settings: Settings | None = None, *, source: str = "/psi/shared-lib") 
         gate_hold_ms=settings.gate_hold_ms,
         on_gate_not_ready=rebuilder.request if rebuilder else (lambda warehouse: None),
         read_tx=read_tx,
-        journal=gate if settings.group_commit else None,
+        journal=RedisJournal(gate) if gate is not None and settings.group_commit else None,
         journal_batch=settings.group_commit_batch,
         journal_wait_s=settings.group_commit_wait_ms / 1000,
         on_flush=metrics.observe_flush,

@@ -150,6 +150,13 @@ def _endpoint(value: Any) -> str | None:
     return value or None
 
 
+def _base_path(value: Any) -> str:
+    value = _text(value).strip()
+    if value and not re.fullmatch(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+", value):
+        raise ValueError("must be empty or a path such as /function/create-order (no trailing /)")
+    return value
+
+
 def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
 
@@ -211,6 +218,9 @@ class Settings:
     group_commit_batch: int = field(default=500, metadata=_check(_integer(1, 5_000)))
     group_commit_wait_ms: int = field(default=10_000, metadata=_check(_integer(100, 600_000)))
     log_level: str = field(default="INFO", metadata=_check(_text))
+    # where callers reach this function, for the Location of what it creates: OpenFaaS's
+    # gateway serves it under /function/<name> and tells it nothing of that prefix
+    base_path: str = field(default="", metadata=_check(_base_path))
 
     def __post_init__(self) -> None:
         problems: dict[str, str] = {}

@@ -1,5 +1,5 @@
-"""Structured JSON logs (structlog) with request id, event id and idempotency key bound per
-request, and secrets masked before anything is written.
+"""Structured JSON logs (structlog) with request id, trace and span ids, event id and
+idempotency key bound per request, and secrets masked before anything is written.
 
 structlog (with what it imports, rich and asyncio among them) loads with the first line
 written, not at import: a cold start answers its health check without it. The fields bound

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -26,9 +26,9 @@ from shared_lib.services.ports import (
     GateAnswer,
     HoldResult,
     MovementNote,
-    MovementRecord,
     StockStore,
 )
+from tests.fakes_read import FakeReadModel
 
 T = TypeVar("T")
 
@@ -40,6 +40,7 @@ class State:
     levels: dict[tuple[str, str], Level] = field(default_factory=dict)
     movements: list[dict[str, Any]] = field(default_factory=list)
     orders: dict[str, Order] = field(default_factory=dict)
+    order_placed_at: dict[str, datetime] = field(default_factory=dict)
     outbox: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     records: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     recorded_at: dict[str, datetime] = field(default_factory=dict)
@@ -80,6 +81,12 @@ class FakeCatalog:
 
     def warehouse(self, code: str) -> Warehouse | None:
         return self.s.warehouses.get(code)
+
+    def locked_product(self, sku: str) -> Product | None:
+        return self.product(sku)  # one thread at a time: nothing to lock
+
+    def locked_warehouse(self, code: str) -> Warehouse | None:
+        return self.warehouse(code)
 
     def upsert_product(self, product: Product) -> bool:
         created = product.sku not in self.s.products
@@ -173,6 +180,7 @@ class FakeLedger:
         if order.order_id in self.s.orders:
             raise AlreadyRecorded(order.order_id)
         self.s.orders[order.order_id] = order
+        self.s.order_placed_at[order.order_id] = at
 
     def add_orders(self, orders: Sequence[tuple[Order, datetime]]) -> None:
         for order, at in orders:
@@ -195,61 +203,6 @@ class FakeLedger:
 
     def add_events(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         self.s.outbox.extend(events)
-
-
-class FakeReadModel:
-    """services.ports.ReadModel over the shared State."""
-
-    s: State
-
-    def products_page(self, after_sku: str | None, limit: int) -> list[Product]:
-        skus = sorted(s for s in self.s.products if after_sku is None or s > after_sku)
-        return [self.s.products[s] for s in skus[:limit]]
-
-    def warehouses_page(self, after_code: str | None, limit: int) -> list[Warehouse]:
-        codes = sorted(c for c in self.s.warehouses if after_code is None or c > after_code)
-        return [self.s.warehouses[c] for c in codes[:limit]]
-
-    def levels_where(
-        self,
-        warehouse: str | None,
-        sku: str | None,
-        after: tuple[str, str] | None,
-        limit: int,
-    ) -> list[Level]:
-        keys = sorted(
-            k
-            for k in self.s.levels
-            if (warehouse is None or k[0] == warehouse)
-            and (sku is None or k[1] == sku)
-            and (after is None or k > after)
-        )
-        return [self.s.levels[k] for k in keys[:limit]]
-
-    def low_stock_page(
-        self, warehouse: str | None, after: tuple[str, str] | None, limit: int
-    ) -> list[tuple[Level, int]]:
-        out: list[tuple[Level, int]] = []
-        for level in self.levels_where(warehouse, None, after, len(self.s.levels)):
-            product = self.s.products.get(level.sku)
-            if product and product.track_inventory and level.available <= product.reorder_point:
-                out.append((level, product.reorder_point))
-        return out[:limit]
-
-    def movements_page(
-        self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int
-    ) -> list[MovementRecord]:
-        rows = [
-            m
-            for m in reversed(self.s.movements)
-            if (sku is None or m["sku"] == sku)
-            and (warehouse is None or m["warehouse"] == warehouse)
-            and (before_id is None or m["id"] < before_id)
-        ]
-        return [
-            MovementRecord(**{f.name: m[f.name] for f in fields(MovementRecord)})
-            for m in rows[:limit]
-        ]
 
 
 class FakeStore(FakeRecords, FakeCatalog, FakeLedger, FakeReadModel):

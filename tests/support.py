@@ -1,13 +1,17 @@
 """Small helpers for tests: wait on a condition with a timeout, never sleep-and-hope; read
-the ledger's sums; a TCP proxy a test can cut."""
+the ledger's sums; a TCP proxy a test can cut; `psi dev` as a user runs it."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import requests
@@ -109,3 +113,47 @@ class TcpProxy:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+class PsiDev:
+    """`psi dev` as a user runs it: the CLI in a subprocess in ``cwd``, with none of this
+    machine's PSI_ settings; its stdout and stderr lines are collected as they come."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
+        env["PSI_SECRETS_DIR"] = str(cwd / "secrets")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shared_lib.cli", "dev", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=lines.extend, args=(stream,), daemon=True)
+            for lines, stream in ((self.out, self.process.stdout), (self.err, self.process.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until it says Ctrl-C stops everything; fails if it exited instead."""
+        wait_until(
+            lambda: any("Ctrl-C" in line for line in self.out) or self.process.poll() is not None,
+            timeout=timeout,
+            what="psi dev to be ready",
+        )
+        assert self.process.poll() is None, (self.out, self.err)
+
+    def __enter__(self) -> PsiDev:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(5)

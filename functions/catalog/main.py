@@ -37,7 +37,8 @@ def put_product(call: Call) -> Reply:
     sku = check_code("sku", call.params["sku"], SKU_MAX)
     body: ProductBody = call.body
     command = PutProduct(sku, body.name, body.unit, body.reorder_point, body.track_inventory)
-    return saved(services.put_product(call.platform.deps, command, call.meta), "product")
+    outcome = services.put_product(call.platform.deps, command, call.meta, call.expected)
+    return saved(outcome, "product")
 
 
 def show_product(call: Call) -> Reply:
@@ -54,7 +55,8 @@ def list_products(call: Call) -> Reply:
 
 def delete_product(call: Call) -> Reply:
     sku = check_code("sku", call.params["sku"], SKU_MAX)
-    outcome = services.delete_product(call.platform.deps, DeleteProduct(sku), call.meta)
+    command = DeleteProduct(sku)
+    outcome = services.delete_product(call.platform.deps, command, call.meta, call.expected)
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
     return Reply(200, outcome.body, headers)
 
@@ -62,7 +64,8 @@ def delete_product(call: Call) -> Reply:
 def put_warehouse(call: Call) -> Reply:
     code = check_code("code", call.params["code"], WAREHOUSE_MAX)
     command = PutWarehouse(code, call.body.name)
-    return saved(services.put_warehouse(call.platform.deps, command, call.meta), "warehouse")
+    outcome = services.put_warehouse(call.platform.deps, command, call.meta, call.expected)
+    return saved(outcome, "warehouse")
 
 
 def show_warehouse(call: Call) -> Reply:
@@ -86,6 +89,9 @@ app = FunctionApp(
             list_products,
             scope="stock:read",
             summary="Products by sku, in pages",
+            response="ProductPage",
+            operation_id="listProducts",
+            tags=("products",),
             query=("limit", "cursor"),
         ),
         Route(
@@ -94,18 +100,38 @@ app = FunctionApp(
             put_product,
             scope="stock:write",
             summary="Create a product (201) or replace all its fields (200)",
+            response="Product",
+            operation_id="putProduct",
+            tags=("products",),
+            example={"name": "Blue mug", "unit": "pcs", "reorder_point": 5},
             body="ProductBody",
             created=True,
             responses={201: "Created", 200: "An existing product was replaced"},
+            etag=True,
+            conditional=True,
         ),
-        Route("GET", "/products/{sku}", show_product, scope="stock:read", summary="One product"),
+        Route(
+            "GET",
+            "/products/{sku}",
+            show_product,
+            scope="stock:read",
+            summary="One product",
+            response="Product",
+            operation_id="getProduct",
+            tags=("products",),
+            etag=True,
+        ),
         Route(
             "DELETE",
             "/products/{sku}",
             delete_product,
             scope="stock:write",
             summary="Delete a product that never held stock",
+            response="Deleted",
+            operation_id="deleteProduct",
+            tags=("products",),
             responses={409: "The product has stock, ledger history or order lines"},
+            conditional=True,
         ),
         Route(
             "GET",
@@ -113,6 +139,9 @@ app = FunctionApp(
             list_warehouses,
             scope="stock:read",
             summary="Warehouses by code, in pages",
+            response="WarehousePage",
+            operation_id="listWarehouses",
+            tags=("warehouses",),
             query=("limit", "cursor"),
         ),
         Route(
@@ -121,12 +150,26 @@ app = FunctionApp(
             put_warehouse,
             scope="stock:write",
             summary="Create a warehouse (201) or rename it (200)",
+            response="Warehouse",
+            operation_id="putWarehouse",
+            tags=("warehouses",),
+            example={"name": "Main warehouse"},
             body="WarehouseBody",
             created=True,
             responses={201: "Created", 200: "An existing warehouse was renamed"},
+            etag=True,
+            conditional=True,
         ),
         Route(
-            "GET", "/warehouses/{code}", show_warehouse, scope="stock:read", summary="One warehouse"
+            "GET",
+            "/warehouses/{code}",
+            show_warehouse,
+            scope="stock:read",
+            summary="One warehouse",
+            response="Warehouse",
+            operation_id="getWarehouse",
+            tags=("warehouses",),
+            etag=True,
         ),
     ],
     description="Products and warehouses: the catalog every stock movement refers to.",

@@ -1,4 +1,4 @@
-"""create-order: reserve every line of a sales order or none; read and cancel orders."""
+"""create-order: reserve every line of a sales order or none; read, list and cancel orders."""
 
 from __future__ import annotations
 
@@ -9,12 +9,26 @@ import functions_framework
 
 from shared_lib import services
 from shared_lib.domain.errors import UnknownOrder
-from shared_lib.domain.model import ORDER_ID_MAX, CancelOrder, PlaceOrder, check_code
+from shared_lib.domain.model import (
+    ORDER_ID_MAX,
+    WAREHOUSE_MAX,
+    CancelOrder,
+    PlaceOrder,
+    check_code,
+)
 from shared_lib.http.app import FunctionApp, outcome_metric
 from shared_lib.http.routes import Call, Reply, Route
 from shared_lib.services import Outcome
 from shared_lib.services.guard import derived_id
-from shared_lib.services.queries import order_view
+from shared_lib.services.queries import (
+    Page,
+    code_filter,
+    order_view,
+    orders_list,
+    status_filter,
+    text_filter,
+    time_range,
+)
 
 if TYPE_CHECKING:
     from shared_lib.http.schemas import OrderBody
@@ -38,6 +52,18 @@ def show(call: Call) -> Reply:
     return Reply(200, view)
 
 
+def orders(call: Call) -> Reply:
+    body = orders_list(
+        call.platform.deps,
+        Page.from_query(call.query),
+        status=status_filter(call.query),
+        warehouse=code_filter(call.query, "warehouse", WAREHOUSE_MAX),
+        customer=text_filter(call.query, "customer"),
+        created=time_range(call.query, "created_from", "created_to"),
+    )
+    return Reply(200, body)
+
+
 @outcome_metric("cancel_order")
 def cancel(call: Call) -> Outcome:
     order_id = check_code("order_id", call.params["order_id"], ORDER_ID_MAX)
@@ -53,8 +79,37 @@ app = FunctionApp(
             create,
             scope="orders:write",
             summary="Place an order: reserve all lines or none",
+            response="OrderChange",
+            operation_id="place",
+            tags=("orders",),
+            example={
+                "order_id": "SO-1001",
+                "warehouse": "MAIN",
+                "lines": [{"sku": "SKU-1", "qty": 2}],
+                "customer": "C-42",
+            },
             body="OrderBody",
             created=True,
+            location=lambda order: f"/{order['order_id']}",
+        ),
+        Route(
+            "GET",
+            "/",
+            orders,
+            scope="stock:read",
+            summary="Orders, newest first, by status, warehouse, customer and time placed",
+            response="OrderPage",
+            operation_id="list",
+            tags=("orders",),
+            query=(
+                "status",
+                "warehouse",
+                "customer",
+                "created_from",
+                "created_to",
+                "limit",
+                "cursor",
+            ),
         ),
         Route(
             "GET",
@@ -62,6 +117,10 @@ app = FunctionApp(
             show,
             scope="stock:read",
             summary="An order with its lines and status",
+            response="Order",
+            operation_id="get",
+            tags=("orders",),
+            etag=True,
         ),
         Route(
             "POST",
@@ -69,6 +128,9 @@ app = FunctionApp(
             cancel,
             scope="orders:write",
             summary="Cancel a reserved order and release its stock",
+            response="OrderChange",
+            operation_id="cancel",
+            tags=("orders",),
         ),
     ],
     description="Sales orders (TCC: try in Redis, persist in MySQL, confirm by stock-out).",

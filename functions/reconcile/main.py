@@ -41,7 +41,8 @@ def run(call: Call) -> Outcome:
     command = RunReconcile(run_key_of(call), call.body.repair)
 
     def produce() -> tuple[dict[str, object], bool]:
-        result = call.platform.reconcile(command.run_key, repair=command.repair)
+        trace = call.meta.trace if call.meta else None
+        result = call.platform.reconcile(command.run_key, repair=command.repair, trace=trace)
         return result, isinstance(result, StoredAnswer)
 
     return answer_once(
@@ -58,6 +59,10 @@ app = FunctionApp(
             run,
             scope="admin",
             summary="Run (or answer for) the reconcile of a run key",
+            response="ReconcileRun",
+            operation_id="run",
+            tags=("reconcile-runs",),
+            example={"run_key": "nightly-2026-11-30", "repair": True},
             body="ReconcileBody",
             topic=topics.RECONCILE_REQUESTED,
             also_topics=(CRON_TOPIC,),

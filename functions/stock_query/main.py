@@ -16,6 +16,8 @@ from shared_lib.services.queries import (
     low_stock_list,
     movements_list,
     sku_levels,
+    text_filter,
+    time_range,
 )
 
 
@@ -52,6 +54,8 @@ def movements(call: Call) -> Reply:
         Page.from_query(call.query),
         sku=code_filter(call.query, "sku", SKU_MAX),
         warehouse=code_filter(call.query, "warehouse", WAREHOUSE_MAX),
+        reference=text_filter(call.query, "reference"),
+        created=time_range(call.query, "from", "to"),
     )
     return Reply(200, body)
 
@@ -65,6 +69,9 @@ app = FunctionApp(
             levels,
             scope="stock:read",
             summary="Balances by warehouse and sku",
+            response="LevelPage",
+            operation_id="listLevels",
+            tags=("levels",),
             query=("warehouse", "sku", "limit", "cursor"),
         ),
         Route(
@@ -73,6 +80,10 @@ app = FunctionApp(
             levels_of_sku,
             scope="stock:read",
             summary="One product's balance in every warehouse, with totals",
+            response="SkuLevels",
+            operation_id="getSkuLevels",
+            tags=("levels",),
+            etag=True,
         ),
         Route(
             "GET",
@@ -80,6 +91,9 @@ app = FunctionApp(
             low_stock,
             scope="stock:read",
             summary="Balances whose available is at or below the reorder point",
+            response="LowStockPage",
+            operation_id="listLowStock",
+            tags=("levels",),
             query=("warehouse", "limit", "cursor"),
         ),
         Route(
@@ -87,8 +101,11 @@ app = FunctionApp(
             "/movements",
             movements,
             scope="stock:read",
-            summary="Ledger rows, newest first",
-            query=("sku", "warehouse", "limit", "cursor"),
+            summary="Ledger rows, newest first, by sku, warehouse, reference and time",
+            response="MovementPage",
+            operation_id="listMovements",
+            tags=("movements",),
+            query=("sku", "warehouse", "reference", "from", "to", "limit", "cursor"),
         ),
     ],
     description="What users look at after they changed stock; served from the read replica.",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import random
 import threading
@@ -39,6 +40,8 @@ CONTENT_TYPE = b"application/cloudevents+json"
 JSON_TYPE = b"application/json"
 ERROR_MAX = 500
 MYSQL_LOCK_NAME_MAX = 64
+# the CloudEvents distributed-tracing extension's attributes
+TRACE_ATTRIBUTES = ("traceparent", "tracestate")
 
 _process_locks: dict[str, threading.Lock] = {}
 _process_locks_guard = threading.Lock()
@@ -348,7 +351,24 @@ class OutboxRelay:
 def _headers(row: PendingEvent) -> Headers:
     if row.topic == DEAD_LETTER:  # a dead letter is a plain JSON object, not a CloudEvent
         return [("psi-letter-id", row.event_id.encode("utf-8")), ("content-type", JSON_TYPE)]
-    return [("ce_id", row.event_id.encode("utf-8")), ("content-type", CONTENT_TYPE)]
+    headers = [("ce_id", row.event_id.encode("utf-8")), ("content-type", CONTENT_TYPE)]
+    return headers + _trace_headers(row.payload)
+
+
+def _trace_headers(payload: str) -> Headers:
+    """The event's distributed-tracing attributes as ``ce_`` headers too (a structured
+    record MAY carry binary mode's headers), so a consumer traces without parsing it."""
+    if '"traceparent"' not in payload:  # events written before tracing: nothing to read
+        return []
+    try:
+        event = json.loads(payload)
+    except ValueError:  # never stop the relay over a header it may leave out
+        return []
+    return [
+        (f"ce_{name}", event[name].encode("utf-8"))
+        for name in TRACE_ATTRIBUTES
+        if isinstance(event.get(name), str)
+    ]
 
 
 class BackgroundRelay:

@@ -14,6 +14,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared_lib.config import ConfigError
 
+LUA = Path(__file__).resolve().parent / "lua"
+
+
+def lua(name: str) -> str:
+    """A script with the shared functions (drop_hold, settle_level) in front of it."""
+    return (LUA / "common.lua").read_text() + (LUA / name).read_text()
+
+
 # errors after which the gate cannot take writes: requests go to degraded mode
 UNREACHABLE = (
     RedisConnectionError,

@@ -28,13 +28,11 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import redis
 
-from shared_lib.adapters.redis_client import UNKNOWN_MARK, UNREACHABLE, text_of
-from shared_lib.adapters.redis_journal import OrderJournalMixin
+from shared_lib.adapters.redis_client import LUA, UNKNOWN_MARK, UNREACHABLE, lua, text_of
 from shared_lib.domain.errors import Shortfall
 from shared_lib.domain.model import Level, Line, utcnow
 from shared_lib.services.ports import (
@@ -43,7 +41,6 @@ from shared_lib.services.ports import (
 )
 
 log = logging.getLogger(__name__)
-LUA = Path(__file__).resolve().parent / "lua"
 LOAD_BATCH = 500
 
 # a missing generation never matches: it was flushed (or the server restarted) after the
@@ -59,23 +56,11 @@ _GENERATION = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """
-# a waiter that gives up takes its entry back, unless a leader already took it; if the lead
-# had just been passed to it, the lead is freed for the next waiter to claim
-_WITHDRAW = """
-if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return 1
-"""
 _INVALIDATE = """
 local g = redis.call('INCR', KEYS[1])
 redis.call('DEL', KEYS[2])
 return g
 """
-
-
-def _lua(name: str) -> str:
-    """A script with the shared functions (drop_hold, settle_level) in front of it."""
-    return (LUA / "common.lua").read_text() + (LUA / name).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +76,10 @@ class GateLevel:
         return self.on_hand - self.reserved - self.held
 
 
-class RedisGate(OrderJournalMixin):
+class RedisGate:
     """services.ports.StockGate on Redis. Never raises for an unreachable Redis: it answers
-    UNAVAILABLE (the caller goes to degraded mode) and remembers what it could not settle."""
+    UNAVAILABLE (the caller goes to degraded mode) and remembers what it could not settle.
+    Group commit's order journal lives on the same keys (adapters.redis_journal)."""
 
     def __init__(
         self,
@@ -102,19 +88,17 @@ class RedisGate(OrderJournalMixin):
         prefix: str = "psi",
         marker_ttl_seconds: int = 86_400,
         retry_after_seconds: float = 2.0,
-        journal_shards: int = 2,
     ) -> None:
         self.client = client
-        self.journal_shards = journal_shards
         self.prefix = prefix
         self.marker_ttl = marker_ttl_seconds
         self.retry_after = retry_after_seconds
         self._down_until = 0.0
         self._stale: set[str] = set()
         self._lock = threading.Lock()
-        self._try_hold = client.register_script(_lua("try_hold.lua"))
-        self._settle = client.register_script(_lua("settle.lua"))
-        self._cancel = client.register_script(_lua("cancel_hold.lua"))
+        self._try_hold = client.register_script(lua("try_hold.lua"))
+        self._settle = client.register_script(lua("settle.lua"))
+        self._cancel = client.register_script(lua("cancel_hold.lua"))
         self._forget = client.register_script(_FORGET)
         self._epoch = client.register_script(_EPOCH)
         self._repair_held = client.register_script((LUA / "repair_held.lua").read_text())
@@ -122,9 +106,6 @@ class RedisGate(OrderJournalMixin):
         self._mark_ready = client.register_script(_MARK_READY)
         self._generation = client.register_script(_GENERATION)
         self._invalidate = client.register_script(_INVALIDATE)
-        self._take = client.register_script((LUA / "take.lua").read_text())
-        self._complete = client.register_script(_lua("complete.lua"))
-        self._withdraw = client.register_script(_WITHDRAW)
 
     # -- keys
     def tag(self, warehouse: str) -> str:
@@ -142,7 +123,8 @@ class RedisGate(OrderJournalMixin):
     def reachable(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def _down(self, exc: BaseException, warehouse: str | None = None) -> None:
+    def went_down(self, exc: BaseException, warehouse: str | None = None) -> None:
+        """Redis did not answer: degraded mode for a while; `warehouse` is rebuilt after."""
         log.warning("redis unreachable, degraded mode for %.1fs: %s", self.retry_after, exc)
         with self._lock:
             self._down_until = time.monotonic() + self.retry_after
@@ -163,19 +145,9 @@ class RedisGate(OrderJournalMixin):
         fingerprint: str,
         lines: Sequence[Line],
         hold_ms: int,
-    ) -> HoldResult:
-        return self._hold(warehouse, request_id, fingerprint, lines, hold_ms)
-
-    def _hold(
-        self,
-        warehouse: str,
-        request_id: str,
-        fingerprint: str,
-        lines: Sequence[Line],
-        hold_ms: int,
         journal: Sequence[Any] = (),
     ) -> HoldResult:
-        """try_hold.lua; `journal`: its optional entry, lead ttl and shard arguments."""
+        """try_hold.lua; `journal`: the order journal's entry, lead ttl and shard, if any."""
         if not self.reachable:
             return HoldResult(GateAnswer.UNAVAILABLE)
         tag = self.tag(warehouse)
@@ -190,7 +162,7 @@ class RedisGate(OrderJournalMixin):
                 return HoldResult(GateAnswer.NOT_READY)
             reply = self._try_hold(keys=keys, args=args)
         except UNREACHABLE as exc:
-            self._down(exc)
+            self.went_down(exc)
             return HoldResult(GateAnswer.UNAVAILABLE)
         answer = text_of(reply[0])
         if answer == "held":
@@ -215,7 +187,7 @@ class RedisGate(OrderJournalMixin):
             )
         except UNREACHABLE as exc:
             # the hold expires at its deadline; nothing else to do
-            self._down(exc)
+            self.went_down(exc)
 
     def forget_unknown(self, warehouse: str, request_id: str, fingerprint: str) -> None:
         """The database has no record of the request: its flagged marker goes."""
@@ -237,7 +209,7 @@ class RedisGate(OrderJournalMixin):
         try:
             self._apply(warehouse, request_id, levels, fingerprint)
         except UNREACHABLE as exc:
-            self._down(exc, warehouse)
+            self.went_down(exc, warehouse)
 
     def _apply(
         self,

@@ -8,48 +8,40 @@ import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from shared_lib.adapters.redis_client import UNKNOWN_MARK, UNREACHABLE, text_of
+from shared_lib.adapters.redis_client import LUA, UNKNOWN_MARK, UNREACHABLE, lua, text_of
 from shared_lib.domain.model import Level, Line
 from shared_lib.services.ports import HoldResult, JournalAnswer, JournalUnavailable, Taken
 
 if TYPE_CHECKING:
-    import redis
+    from shared_lib.adapters.redis_gate import RedisGate
 
 
 # how long an answer waits for a waiter that went away
 REPLY_TTL_SECONDS = 60
 
 
-class OrderJournalMixin:
-    """The journal half of RedisGate (the scripts are registered by RedisGate itself)."""
+# a waiter that gives up takes its entry back, unless a leader already took it; if the lead
+# had just been passed to it, the lead is freed for the next waiter to claim
+_WITHDRAW = """
+if redis.call('LREM', KEYS[1], 1, ARGV[2]) == 0 then return 0 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
 
-    client: redis.Redis
-    journal_shards: int
-    marker_ttl: int
-    _take: Any
-    _complete: Any
-    _withdraw: Any
 
-    # RedisGate's own, which the journal's calls go through
+class RedisJournal:
+    """The journal on the gate's keys: an order is held and queued by one try_hold call."""
+
+    def __init__(self, gate: RedisGate, shards: int = 2) -> None:
+        self.gate = gate
+        self.client = gate.client
+        self.journal_shards = shards
+        self._take = self.client.register_script((LUA / "take.lua").read_text())
+        self._complete = self.client.register_script(lua("complete.lua"))
+        self._withdraw = self.client.register_script(_WITHDRAW)
+
     def tag(self, warehouse: str) -> str:
-        raise NotImplementedError
-
-    def _down(self, exc: BaseException, warehouse: str | None = None) -> None:
-        raise NotImplementedError
-
-    def _hold(
-        self,
-        warehouse: str,
-        request_id: str,
-        fingerprint: str,
-        lines: Sequence[Line],
-        hold_ms: int,
-        journal: Sequence[Any] = (),
-    ) -> HoldResult:
-        raise NotImplementedError
-
-    def cancel_hold(self, warehouse: str, request_id: str, *, unknown: str | None = None) -> None:
-        raise NotImplementedError
+        return self.gate.tag(warehouse)
 
     def enqueue(
         self,
@@ -63,7 +55,7 @@ class OrderJournalMixin:
     ) -> HoldResult:
         """try_hold, and once held append `entry` to the journal and try to take the lead."""
         journal = (f"{request_id} {entry}", lead_ms, self._shard(request_id))
-        return self._hold(warehouse, request_id, fingerprint, lines, hold_ms, journal)
+        return self.gate.try_hold(warehouse, request_id, fingerprint, lines, hold_ms, journal)
 
     def _shard(self, request_id: str) -> int:
         return zlib.crc32(request_id.encode()) % self.journal_shards
@@ -110,7 +102,7 @@ class OrderJournalMixin:
         args: list[Any] = [
             self.tag(warehouse),
             owner,
-            self.marker_ttl,
+            self.gate.marker_ttl,
             REPLY_TTL_SECONDS,
             lead_ms,
             taken.token,
@@ -131,7 +123,7 @@ class OrderJournalMixin:
         try:
             found = self.client.blpop([key], timeout=timeout)
         except UNREACHABLE as exc:
-            self._down(exc, warehouse)
+            self.gate.went_down(exc, warehouse)
             raise JournalUnavailable(str(exc)) from exc
         return None if found is None else text_of(found[1])
 
@@ -140,7 +132,7 @@ class OrderJournalMixin:
         try:
             return bool(self.client.set(key, request_id, nx=True, px=lead_ms))
         except UNREACHABLE as exc:
-            self._down(exc, warehouse)
+            self.gate.went_down(exc, warehouse)
             raise JournalUnavailable(str(exc)) from exc
 
     def withdraw(self, warehouse: str, request_id: str, entry: str) -> bool:
@@ -149,12 +141,12 @@ class OrderJournalMixin:
         args = [request_id, f"{request_id} {entry}"]
         if not int(self._journal_call(warehouse, self._withdraw, [journal, lead], args)):
             return False
-        self.cancel_hold(warehouse, request_id)
+        self.gate.cancel_hold(warehouse, request_id)
         return True
 
     def _journal_call(self, warehouse: str, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return script(keys=keys, args=args)
         except UNREACHABLE as exc:
-            self._down(exc, warehouse)
+            self.gate.went_down(exc, warehouse)
             raise JournalUnavailable(str(exc)) from exc

@@ -18,6 +18,22 @@ class SqlCatalogWrites:
 
     conn: Connection
 
+    def locked_product(self, sku: str) -> Product | None:
+        p = t.products
+        query = sa.select(p.c.sku, p.c.name, p.c.unit, p.c.reorder_point, p.c.track_inventory)
+        row = self.conn.execute(query.where(p.c.sku == sku).with_for_update()).first()
+        if row is None:
+            return None
+        return Product(
+            row.sku, row.name, row.unit, int(row.reorder_point), bool(row.track_inventory)
+        )
+
+    def locked_warehouse(self, code: str) -> Warehouse | None:
+        w = t.warehouses
+        query = sa.select(w.c.code, w.c.name).where(w.c.code == code).with_for_update()
+        row = self.conn.execute(query).first()
+        return Warehouse(row.code, row.name) if row else None
+
     def upsert_product(self, product: Product) -> bool:
         p = t.products
         values = {

@@ -1,20 +1,36 @@
-"""The read model over SQL: pages of products, warehouses, levels, low stock and the ledger
-(stock-query, catalog), separate from the writes a use case makes in its transaction."""
+"""The read model over SQL: pages of products, warehouses, levels, low stock, the ledger
+and orders (stock-query, catalog, create-order), separate from the writes a use case makes
+in its transaction. Every list has an index that serves its filters in the list's order
+(sql_tables; tests/integration/test_list_indexes.py reads the plans)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from shared_lib.adapters import sql_tables as t
-from shared_lib.domain.model import Level, Product, Warehouse
-from shared_lib.services.ports import MovementRecord
+from shared_lib.domain.model import Level, Line, Order, OrderStatus, Product, Warehouse
+from shared_lib.services.ports import (
+    MovementFilter,
+    MovementRecord,
+    OrderFilter,
+    OrderRecord,
+    TimeRange,
+)
 
 
 def level_from_row(row: Any) -> Level:
     return Level(row.sku, row.warehouse, int(row.on_hand), int(row.reserved), int(row.version))
+
+
+def order_from_row(row: Any, lines: Sequence[Line]) -> Order:
+    status = OrderStatus(row.status)
+    return Order(row.order_id, row.warehouse, status, tuple(lines), row.hold_until, row.customer)
 
 
 class SqlReadModel:
@@ -68,14 +84,17 @@ class SqlReadModel:
         return [(level_from_row(r), int(r.reorder_point)) for r in rows]
 
     def movements_page(
-        self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int
+        self, where: MovementFilter, before_id: int | None, limit: int
     ) -> list[MovementRecord]:
         m = t.movements
-        query = sa.select(m)
-        if sku is not None:
-            query = query.where(m.c.sku == sku)
-        if warehouse is not None:
-            query = query.where(m.c.warehouse == warehouse)
+        query = _within(sa.select(m), m.c.created_at, where.created)
+        for column, value in (
+            (m.c.sku, where.sku),
+            (m.c.warehouse, where.warehouse),
+            (m.c.reference, where.reference),
+        ):
+            if value is not None:
+                query = query.where(column == value)
         if before_id is not None:
             query = query.where(m.c.id < before_id)
         rows = self.conn.execute(query.order_by(m.c.id.desc()).limit(limit))
@@ -98,6 +117,50 @@ class SqlReadModel:
             )
             for r in rows
         ]
+
+    def orders_page(
+        self, where: OrderFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[OrderRecord]:
+        o = t.orders
+        query = _within(sa.select(o), o.c.created_at, where.created)
+        for column, value in (
+            (o.c.status, where.status.value if where.status else None),
+            (o.c.warehouse, where.warehouse),
+            (o.c.customer, where.customer),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if after is not None:
+            # keyset on (created_at, order_id): the first condition alone bounds the index's
+            # range on every dialect (SQLite does not range an OR), the second is a filter
+            query = query.where(
+                o.c.created_at <= after[0],
+                (o.c.created_at < after[0]) | (o.c.order_id < after[1]),
+            )
+        newest_first = query.order_by(o.c.created_at.desc(), o.c.order_id.desc())
+        rows = self.conn.execute(newest_first.limit(limit)).all()
+        lines = self._lines_of([r.order_id for r in rows])
+        return [OrderRecord(order_from_row(r, lines[r.order_id]), r.created_at) for r in rows]
+
+    def _lines_of(self, order_ids: Sequence[str]) -> dict[str, list[Line]]:
+        """The lines of a page of orders in one statement (by the primary key)."""
+        ol = t.order_lines
+        lines: dict[str, list[Line]] = defaultdict(list)
+        if order_ids:
+            query = sa.select(ol.c.order_id, ol.c.sku, ol.c.qty).where(ol.c.order_id.in_(order_ids))
+            for r in self.conn.execute(query.order_by(ol.c.order_id, ol.c.sku)):
+                lines[r.order_id].append(Line(r.sku, int(r.qty)))
+        return lines
+
+
+def _within(
+    query: sa.Select[Any], column: sa.ColumnElement[Any], when: TimeRange
+) -> sa.Select[Any]:
+    if when.start is not None:
+        query = query.where(column >= when.start)
+    if when.end is not None:
+        query = query.where(column < when.end)
+    return query
 
 
 def _level_filters(

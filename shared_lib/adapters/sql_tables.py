@@ -89,6 +89,9 @@ movements = sa.Table(
     sa.Index(None, "warehouse", "sku", "id"),
     sa.Index(None, "sku", "id"),
     sa.Index(None, "idempotency_key"),
+    # the movement lists (newest first: by id) by reference and by time
+    sa.Index(None, "reference", "id"),
+    sa.Index(None, "created_at"),
     **MYSQL_OPTIONS,
 )
 
@@ -106,6 +109,11 @@ orders = sa.Table(
         "status IN ('reserved', 'shipped', 'cancelled', 'expired')", name="status_known"
     ),
     sa.Index(None, "status", "hold_until"),
+    # the order list, newest first (created_at, order_id), alone and by each filter
+    sa.Index(None, "created_at", "order_id"),
+    sa.Index(None, "status", "created_at", "order_id"),
+    sa.Index(None, "warehouse", "created_at", "order_id"),
+    sa.Index(None, "customer", "created_at", "order_id"),
     **MYSQL_OPTIONS,
 )
 

@@ -10,6 +10,7 @@
     psi outbox redrive                       publish pending events now (PSI_KAFKA_BOOTSTRAP)
     psi dlq replay [--limit N] [--dry-run] [--topic-filter T]
                                              dead letters back to their original topic
+    psi openapi [-o FILE]                    one OpenAPI document of every function
 
 Settings come from the PSI_* environment (``shared_lib.config``), as for the functions.
 Exit codes: 0 done, 1 runtime failure (unreachable store, unknown SKU), 2 bad usage or
@@ -31,13 +32,13 @@ from typing import Any
 import sqlalchemy as sa
 
 # every command module registers its commands with the registry when imported
-from shared_lib.cli import db, dev, dlq, outbox, reconcile, stock
+from shared_lib.cli import db, dev, dlq, openapi, outbox, reconcile, stock
 from shared_lib.cli.base import COMMANDS, CommandError, _first_line, _schema_missing, command
 from shared_lib.config import ConfigError
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "command", "main", "run"]
 # the command groups, one module each
-GROUPS = (db, dev, dlq, outbox, reconcile, stock)
+GROUPS = (db, dev, dlq, openapi, outbox, reconcile, stock)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -109,7 +109,9 @@ class InvalidOrderState(Conflict):
 
     def __init__(self, order_id: str, status: str, wanted: str) -> None:
         super().__init__(
-            f"order {order_id!r} is {status}; cannot {wanted}", order_id=order_id, status=status
+            f"order {order_id!r} is {status}; cannot {wanted}",
+            order_id=order_id,
+            order_status=status,
         )
 
 
@@ -138,6 +140,16 @@ class StockStillHeld(Conflict):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} still has stock or history and cannot be deleted")
+
+
+class PreconditionFailed(PsiError):
+    """The caller's copy is stale: the record changed (or went) since it was read."""
+
+    code = "precondition_failed"
+
+    def __init__(self, what: str, current: str | None) -> None:
+        state = "no longer exists" if current is None else "changed since it was read"
+        super().__init__(f"{what} {state}", current=current)
 
 
 class StoreUnavailable(PsiError):

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from shared_lib.domain.model import Level, Movement, Order
+from shared_lib.domain.trace import TraceContext
 
 
 def iso(moment: datetime) -> str:
@@ -14,9 +15,16 @@ def iso(moment: datetime) -> str:
 
 
 def cloud_event(
-    event_type: str, source: str, subject: str, data: dict[str, Any], at: datetime
+    event_type: str,
+    source: str,
+    subject: str,
+    data: dict[str, Any],
+    at: datetime,
+    trace: TraceContext | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``trace``: the span of the request that caused it, as the CloudEvents
+    distributed-tracing extension (``traceparent``, ``tracestate``)."""
+    event: dict[str, Any] = {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),
         "source": source,
@@ -26,6 +34,9 @@ def cloud_event(
         "datacontenttype": "application/json",
         "data": data,
     }
+    if trace is not None:
+        event.update(trace.attributes())
+    return event
 
 
 def stock_changed_data(

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from shared_lib.domain.errors import InvalidOrderState, InvalidRequest
+from shared_lib.domain.trace import TraceContext
 
 CODE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 SKU_MAX = 64
@@ -238,6 +239,8 @@ class RequestMeta:
     actor: str | None = None
     # a delivery recorded by an earlier release under its bare event id (see run_recorded)
     legacy_key: str | None = None
+    # the span of the request in its trace: what the events it causes carry
+    trace: TraceContext | None = None
 
 
 # ---- commands -------------------------------------------------------------------------

@@ -14,18 +14,20 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import flask
 
 from shared_lib import logs
 from shared_lib.config import ConfigError, Settings, get_settings
+from shared_lib.domain import trace
 from shared_lib.domain.errors import (
     InsufficientStock,
     PsiError,
     StoreUnavailable,
 )
-from shared_lib.domain.model import RequestMeta
 from shared_lib.http import metrics
 from shared_lib.http.auth import Authenticator, AuthError
 from shared_lib.http.bodies import (
@@ -34,18 +36,18 @@ from shared_lib.http.bodies import (
     read_body,
     remove_framework_drain,
 )
+from shared_lib.http.conditions import check_query, etag, expected_versions, not_modified
 from shared_lib.http.delivery import (
     OPENFAAS,
-    Delivery,
     DeliveryError,
     decode_json,
     final_status,
-    legacy_key,
     shape_of,
     topic_of_source,
 )
 from shared_lib.http.delivery import parse as parse_delivery
-from shared_lib.http.errors import HttpError, field_name, status_of
+from shared_lib.http.errors import PROBLEM_JSON, HttpError, field_name, problem, status_of
+from shared_lib.http.keys import KEYS, as_sent, idempotency_key, request_meta
 from shared_lib.http.refusals import Sender, write_dead_letter
 from shared_lib.http.routes import HEALTH_PATHS, READY_PATHS, Call, Handler, Reply, Route
 from shared_lib.services.guard import Outcome
@@ -54,22 +56,11 @@ if TYPE_CHECKING:
     from shared_lib.bootstrap import Platform
 
 log = logs.get_logger(__name__)
-# printable ASCII without ',': a server joins repeated headers with commas, so a key with a
-# comma is two Idempotency-Key headers (RFC 9110 5.3), and which one was meant is unknown
-KEY_PATTERN = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,200}$")
 ROUTE = "psi.route"
 # set once a platform's sender is authenticated and the delivery is for this route's topic
 SENDER = "psi.sender"
-# (the key as recorded, scoped to its caller; the key as the caller sent it)
-KEYS = "psi.keys"
-
-
-def _as_sent(body: dict[str, Any], request: flask.Request) -> dict[str, Any]:
-    """An error names the Idempotency-Key as its caller sent it, not as it is recorded."""
-    recorded, sent = request.environ.get(KEYS, (None, None))
-    if recorded is not None and body.get("key") == recorded:
-        body["key"] = sent
-    return body
+# the request's span in its trace (shared_lib.domain.trace.TraceContext)
+TRACE = "psi.trace"
 
 
 def _answer_http_errors_in_json(flask_app: flask.Flask) -> None:
@@ -79,8 +70,10 @@ def _answer_http_errors_in_json(flask_app: flask.Flask) -> None:
 
     def answer(error: HTTPException) -> flask.Response:
         code = re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
-        body = {"error": code, "message": error.description}
-        return flask.Response(json.dumps(body), error.code or 400, mimetype="application/json")
+        status = error.code or 400
+        request_id = flask.request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        body = problem(status, {"error": code, "message": error.description}, request_id)
+        return flask.Response(json.dumps(body), status, mimetype=PROBLEM_JSON)
 
     flask_app.register_error_handler(HTTPException, answer)
 
@@ -129,6 +122,8 @@ class FunctionApp:
         logs.clear()
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         logs.bind(function=self.name, request_id=request_id)
+        caller = request.headers.get("traceparent"), request.headers.get("tracestate")
+        _trace(request, trace.continue_trace(caller))
         try:
             reply, route_label = self._dispatch(request)
         except HttpError as exc:
@@ -138,7 +133,7 @@ class FunctionApp:
             if exc.status == 401:
                 reply.headers["WWW-Authenticate"] = "Bearer"
         except PsiError as exc:
-            reply = Reply(status_of(exc), _as_sent(exc.as_dict(), request))
+            reply = Reply(status_of(exc), as_sent(exc.as_dict(), request))
             if isinstance(exc, StoreUnavailable):
                 reply.headers["Retry-After"] = str(exc.retry_after)
             if isinstance(exc, InsufficientStock):
@@ -149,6 +144,9 @@ class FunctionApp:
         sender: Sender | None = request.environ.get(SENDER)
         if sender is not None and 400 <= reply.status < 500:
             reply = self._refuse_delivery(request, sender, reply)
+        if reply.status >= 400 and isinstance(reply.body, dict) and "error" in reply.body:
+            reply.body = problem(reply.status, reply.body, request_id)
+            reply.media_type = PROBLEM_JSON
         elapsed = time.perf_counter() - started
         route_label = request.environ.get(ROUTE, route_label)
         metrics.REQUESTS.labels(self.name, route_label, str(reply.status)).inc()
@@ -171,37 +169,43 @@ class FunctionApp:
         return self._respond(reply)
 
     def _respond(self, reply: Reply) -> flask.Response:
+        if reply.body is None:
+            return flask.Response(b"", reply.status, reply.headers)
         if isinstance(reply.body, bytes | str):
             return flask.Response(reply.body, reply.status, reply.headers)
         return flask.Response(
             json.dumps(reply.body, separators=(",", ":")),
             reply.status,
             reply.headers,
-            mimetype="application/json",
+            mimetype=reply.media_type,
         )
 
     def _dispatch(self, request: flask.Request) -> tuple[Reply, str]:
         path = request.path.rstrip("/") or "/"
-        if request.method == "GET" and path in HEALTH_PATHS:
+        # HEAD is GET without the body (RFC 9110 9.3.2): the server leaves the body out
+        method = "GET" if request.method == "HEAD" else request.method
+        if method == "GET" and path in HEALTH_PATHS:
             return self._health(path in READY_PATHS), path
-        if request.method == "GET" and path == "/metrics":
+        if method == "GET" and path == "/metrics":
             metrics.observe_outbox(self._platform.relay if self._platform else None)
             data, content_type = metrics.exposition()
             return Reply(200, data, {"Content-Type": content_type}), path
-        if request.method == "GET" and path == "/openapi.json":
+        if method == "GET" and path == "/openapi.json":
             from shared_lib.http.openapi import document
 
-            return Reply(200, document(self.name, self.description, self.routes)), path
+            doc = document(self.name, self.description, self.routes, self.settings.base_path)
+            return Reply(200, doc), path
         matched = [(r, r.regex.match(path)) for r in self.routes]
         matched = [(r, m) for r, m in matched if m]
         if not matched:
             raise HttpError(404, {"error": "not_found", "message": f"no route {path}"})
         for route, match in matched:
-            if route.method == request.method:
+            if route.method == method:
                 # errors raised by the route still count under its path, not "unmatched"
                 request.environ[ROUTE] = route.path
                 return self._run(route, match.groupdict(), request), route.path
-        allowed = ", ".join(sorted({r.method for r, _ in matched}))
+        methods = {r.method for r, _ in matched}
+        allowed = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
         raise HttpError(
             405, {"error": "method_not_allowed", "allowed": allowed}, {"Allow": allowed}
         )
@@ -215,6 +219,8 @@ class FunctionApp:
         else:
             actor = self.auth.check_sender(authorization, platform)
             self._accept_sender(route, platform, request)
+        check_query(route.method, route.path, route.query, request.args)
+        expected = expected_versions(request.headers.get("If-Match")) if route.conditional else None
         if route.mutation:
             check_media(request, delivery=platform is not None)
         raw = read_body(request, self.settings) if route.mutation else None
@@ -230,10 +236,13 @@ class FunctionApp:
             raise HttpError(
                 400, {"error": error, "field": exc.field, "message": str(exc)}
             ) from None
+        event_trace = trace.parse(delivery.traceparent, delivery.tracestate) if delivery else None
+        if event_trace is not None:  # the trace that created the event, before the hop's header
+            _trace(request, event_trace.child())
         meta = None
         if route.mutation:
-            key = self._idempotency_key(request, delivery)
-            meta = self._meta(key, actor, delivery)
+            key = idempotency_key(request, delivery)
+            meta = replace(request_meta(key, actor, delivery), trace=request.environ[TRACE])
             request.environ[KEYS] = (meta.idempotency_key, key)
             logs.bind(
                 idempotency_key=key,
@@ -242,17 +251,34 @@ class FunctionApp:
                 event_source=delivery.source if delivery else None,
             )
         body = self._validate(route, document)
-        call = Call(params, request.args, body, meta, delivery, self.name, lambda: self.platform)
+        call = Call(
+            params, request.args, body, meta, delivery, self.name, lambda: self.platform, expected
+        )
         result = route.handler(call)
         if isinstance(result, Reply):
-            return result
+            return self._describe(route, request, result)
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         if result.degraded:
             headers["X-PSI-Degraded"] = "true"
         if not result.replayed:
             self._observe_gate(result.degraded)
         self._after_commit()
-        return Reply(201 if route.created else 200, result.body, headers)
+        return self._describe(
+            route, request, Reply(201 if route.created else 200, result.body, headers)
+        )
+
+    def _describe(self, route: Route, request: flask.Request, reply: Reply) -> Reply:
+        """Where a created record lives (Location), which version a read shows (ETag), and
+        304 when the caller has that version already."""
+        if reply.status == 201:
+            path = route.location(reply.body) if route.location else request.path
+            reply.headers["Location"] = self.settings.base_path + quote(path, safe="/")
+        if route.etag and reply.status in (200, 201) and isinstance(reply.body, dict):
+            tag = etag(reply.body)
+            reply.headers["ETag"] = tag
+            if not route.mutation and not_modified(request.headers.get("If-None-Match"), tag):
+                return Reply(304, None, {"ETag": tag})
+        return reply
 
     def _accept_sender(self, route: Route, platform: str, request: flask.Request) -> None:
         """A delivery names its topic in the envelope (X-Topic, or a KafkaSource source's
@@ -270,50 +296,6 @@ class FunctionApp:
                 },
             )
         request.environ[SENDER] = Sender(platform, named or str(route.topic))
-
-    @staticmethod
-    def _meta(key: str, actor: str | None, delivery: Delivery | None) -> RequestMeta:
-        """A client's key is scoped to its API key (the principal), as Stripe scopes keys to
-        an account: one caller can neither take nor replay another's. A delivery is known by
-        its own identity, whoever delivers it. Records an earlier release wrote under the
-        bare key are still found (same request only) until they expire."""
-        if delivery is not None or actor is None:
-            return RequestMeta(idempotency_key=key, actor=actor, legacy_key=legacy_key(delivery))
-        return RequestMeta(idempotency_key=f"{actor}/{key}", actor=actor, legacy_key=key)
-
-    def _idempotency_key(self, request: flask.Request, delivery: Delivery | None) -> str:
-        # a delivery is known by its identity; a client's header means nothing on it
-        key = delivery.idempotency_key if delivery else request.headers.get("Idempotency-Key")
-        if not key and delivery is not None:
-            return uuid.uuid4().hex  # cron-connector's call: no record, no identity
-        if not key:
-            raise HttpError(
-                400,
-                {
-                    "error": "invalid_request",
-                    "field": "Idempotency-Key",
-                    "message": "Idempotency-Key: header is required for this request",
-                },
-            )
-        if "," in key:
-            raise HttpError(
-                400,
-                {
-                    "error": "invalid_request",
-                    "field": "Idempotency-Key",
-                    "message": "Idempotency-Key: send the header once (a key has no ',')",
-                },
-            )
-        if not KEY_PATTERN.match(key):
-            raise HttpError(
-                400,
-                {
-                    "error": "invalid_request",
-                    "field": "Idempotency-Key",
-                    "message": "Idempotency-Key: 1..200 printable ASCII characters, no comma",
-                },
-            )
-        return key
 
     def _observe_gate(self, degraded: bool) -> None:
         gate = self.platform.gate if self.needs_redis else None
@@ -403,6 +385,12 @@ class FunctionApp:
                 metrics.observe_gate(self.name, degraded=True)
         mode = "degraded" if checks.get("redis") == "unreachable" else "normal"
         return Reply(200, {"status": "ready", "mode": mode, **checks})
+
+
+def _trace(request: flask.Request, span: trace.TraceContext) -> None:
+    """The request's span: in every log line, and in the events the request causes."""
+    request.environ[TRACE] = span
+    logs.bind(trace_id=span.trace_id, span_id=span.span_id)
 
 
 def outcome_metric(kind: str) -> Callable[[Handler], Handler]:

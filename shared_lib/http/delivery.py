@@ -16,6 +16,10 @@ its source):
 A delivery's identity is what its spec says: a CloudEvent's (source, id); a plain record's
 (topic, partition, offset). Its idempotency key is a digest of that identity, so ids from
 different sources never collide.
+
+A CloudEvent's distributed-tracing extension (``ce-traceparent``, an envelope's
+``traceparent``, a record's ``ce_traceparent`` header) is kept as the trace that created
+the event; the request continues it (shared_lib.domain.trace).
 """
 
 from __future__ import annotations
@@ -96,6 +100,9 @@ class Delivery:
     key: str | None = None  # the Kafka record key
     legacy_key: str | None = None  # the key releases before 0.2 recorded (bare event id)
     event_type: str | None = None
+    # the CloudEvents distributed-tracing extension: the trace that created the event
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def scheduled(self) -> bool:
@@ -183,29 +190,33 @@ def int_header(headers: Mapping[str, str], name: str) -> int | None:
     return int(value) if value.isdigit() and len(value) <= 19 else None
 
 
-def _structured(raw: bytes) -> tuple[str, str, Any, str | None]:
+Trace = tuple[str | None, str | None]  # (traceparent, tracestate), as the event has them
+
+
+def _text(document: dict[str, Any], name: str) -> str | None:
+    value = document.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _structured(raw: bytes) -> tuple[str, str, Any, str | None, Trace]:
     document = decode_json(raw, "body")
     if not isinstance(document, dict):
         raise DeliveryError("body", "a structured CloudEvent must be a JSON object")
     source, event_id = document.get("source"), document.get("id")
     if not isinstance(source, str) or not source or not isinstance(event_id, str) or not event_id:
         raise DeliveryError("body", "a CloudEvent needs a non-empty source and id")
-    event_type = document.get("type")
-    return (
-        source,
-        event_id,
-        document.get("data"),
-        event_type if isinstance(event_type, str) else None,
-    )
+    trace = (_text(document, "traceparent"), _text(document, "tracestate"))
+    return source, event_id, document.get("data"), _text(document, "type"), trace
 
 
 def _knative(headers: Mapping[str, str], raw: bytes) -> Delivery:
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type == CLOUDEVENTS_JSON:
-        source, event_id, data, event_type = _structured(raw)
+        source, event_id, data, event_type, trace = _structured(raw)
     else:
         source, event_id = headers.get("ce-source", ""), headers.get("ce-id", "")
         event_type = headers.get("ce-type")
+        trace = headers.get("ce-traceparent"), headers.get("ce-tracestate")
         if not source or not event_id:
             raise DeliveryError("ce-source", "a CloudEvent needs the ce-source and ce-id headers")
         data = decode_json(raw, "body")
@@ -220,6 +231,8 @@ def _knative(headers: Mapping[str, str], raw: bytes) -> Delivery:
         key=headers.get("ce-key"),
         legacy_key=event_id,
         event_type=event_type,
+        traceparent=trace[0],
+        tracestate=trace[1],
     )
 
 
@@ -249,13 +262,15 @@ def _openfaas(headers: Mapping[str, str], raw: bytes) -> Delivery:
     partition, offset = record_position(headers)
     record_type = headers.get("X-Kafka-Content-Type", "").split(";")[0].strip().lower()
     event_type = legacy = None
+    trace: Trace = (None, None)
     if record_type == CLOUDEVENTS_JSON:  # the record is a structured CloudEvent
-        source, event_id, data, event_type = _structured(raw)
+        source, event_id, data, event_type, trace = _structured(raw)
     elif headers.get("X-Kafka-Ce_specversion") and headers.get("X-Kafka-Ce_id"):
         source, event_id = headers.get("X-Kafka-Ce_source", ""), headers["X-Kafka-Ce_id"]
         if not source:
             raise DeliveryError("X-Kafka-Ce_source", "a CloudEvent record needs ce_source")
         data, event_type = decode_json(raw, "body"), headers.get("X-Kafka-Ce_type")
+        trace = headers.get("X-Kafka-Ce_traceparent"), headers.get("X-Kafka-Ce_tracestate")
     elif partition is not None and offset is not None:  # a plain record
         source, event_id = record_identity(topic, partition, offset)
         data = decode_json(raw, "body")
@@ -273,6 +288,8 @@ def _openfaas(headers: Mapping[str, str], raw: bytes) -> Delivery:
         key=record_key(headers),
         legacy_key=legacy or event_id,
         event_type=event_type,
+        traceparent=trace[0],
+        tracestate=trace[1],
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared_lib.domain.model import RequestMeta
+from shared_lib.domain.versions import Expected
 from shared_lib.http.delivery import Delivery
 from shared_lib.services.guard import Outcome
 
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
 @dataclass
 class Reply:
     status: int
-    body: Any
+    body: Any  # JSON, or bytes/str sent as they are, or None for no body (304)
     headers: dict[str, str] = field(default_factory=dict)
+    media_type: str = "application/json"
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Call:
     # health checks before the stores' clients are loaded)
     function: str
     platform_of: Callable[[], Platform]
+    # If-Match: the versions of the record this write may change (None: any, or none yet)
+    expected: Expected | None = None
 
     @property
     def platform(self) -> Platform:
@@ -80,6 +84,20 @@ class Route:
     also_topics: tuple[str, ...] = ()
     query: tuple[str, ...] = ()
     responses: dict[int, str] = field(default_factory=dict)
+    # the OpenAPI document's: the success body's model (a name in shared_lib.http.responses,
+    # loaded with the document; several are one of them), the operation's id within the
+    # function (the document prefixes the function's name), its tags, a request body example
+    response: str | list[str] | None = None
+    operation_id: str | None = None
+    tags: tuple[str, ...] = ()
+    example: dict[str, Any] | None = None
+    # where what a 201 created lives, from its body, below the function's base path; a
+    # route without one created the request's own target (a PUT)
+    location: Callable[[dict[str, Any]], str] | None = None
+    # reads whose answer carries an ETag (and answers If-None-Match with 304)
+    etag: bool = False
+    # writes that take If-Match (a stale one is refused with 412)
+    conditional: bool = False
 
     def __post_init__(self) -> None:
         pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path.rstrip("/") or "/")

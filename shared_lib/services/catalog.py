@@ -14,29 +14,47 @@ from __future__ import annotations
 from typing import Any
 
 from shared_lib.domain.catalog import DeleteProduct, PutProduct, PutWarehouse
-from shared_lib.domain.errors import StockStillHeld, UnknownSku
-from shared_lib.domain.model import Level, RequestMeta
+from shared_lib.domain.errors import PreconditionFailed, StockStillHeld, UnknownSku
+from shared_lib.domain.model import Level, Product, RequestMeta, Warehouse
+from shared_lib.domain.versions import Expected, tag_of
 from shared_lib.services.guard import Deps, Outcome, guarded_write
 from shared_lib.services.ports import StockStore
 
 
-def put_product(deps: Deps, command: PutProduct, meta: RequestMeta) -> Outcome:
-    """Create the product or replace all of its fields."""
+def _check(what: str, current: Product | Warehouse | None, expected: Expected | None) -> None:
+    """A write that names the versions it may change goes ahead only on one of them."""
+    if expected is None:
+        return
+    view = current.as_dict() if current is not None else None
+    if not expected.allows(view):
+        raise PreconditionFailed(what, tag_of(view) if view is not None else None)
+
+
+def put_product(
+    deps: Deps, command: PutProduct, meta: RequestMeta, expected: Expected | None = None
+) -> Outcome:
+    """Create the product or replace all of its fields (only over an expected version)."""
     product = command.product()
 
     def work(store: StockStore) -> tuple[dict[str, Any], list[Level]]:
+        if expected is not None:
+            _check(f"product {product.sku!r}", store.locked_product(product.sku), expected)
         created = store.upsert_product(product)
         return {"created": created, "product": product.as_dict()}, []
 
     return guarded_write(deps, command, meta, work)
 
 
-def delete_product(deps: Deps, command: DeleteProduct, meta: RequestMeta) -> Outcome:
+def delete_product(
+    deps: Deps, command: DeleteProduct, meta: RequestMeta, expected: Expected | None = None
+) -> Outcome:
     """Remove a product nothing refers to; one with stock or history is refused."""
 
     def work(store: StockStore) -> tuple[dict[str, Any], list[Level]]:
-        if store.product(command.sku) is None:
+        current = store.locked_product(command.sku) if expected else store.product(command.sku)
+        if current is None:
             raise UnknownSku(command.sku)
+        _check(f"product {command.sku!r}", current, expected)
         if store.product_in_use(command.sku) or not store.delete_product(command.sku):
             raise StockStillHeld(f"product {command.sku!r}")
         return {"deleted": command.sku}, []
@@ -44,11 +62,16 @@ def delete_product(deps: Deps, command: DeleteProduct, meta: RequestMeta) -> Out
     return guarded_write(deps, command, meta, work)
 
 
-def put_warehouse(deps: Deps, command: PutWarehouse, meta: RequestMeta) -> Outcome:
-    """Create the warehouse or rename it."""
+def put_warehouse(
+    deps: Deps, command: PutWarehouse, meta: RequestMeta, expected: Expected | None = None
+) -> Outcome:
+    """Create the warehouse or rename it (only over an expected version)."""
     warehouse = command.warehouse()
 
     def work(store: StockStore) -> tuple[dict[str, Any], list[Level]]:
+        if expected is not None:
+            current = store.locked_warehouse(warehouse.code)
+            _check(f"warehouse {warehouse.code!r}", current, expected)
         created = store.upsert_warehouse(warehouse)
         return {"created": created, "warehouse": warehouse.as_dict()}, []
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from shared_lib import topics
 from shared_lib.config import HOLD_MARGIN_MS
-from shared_lib.domain import events
+from shared_lib.domain import events, trace
 from shared_lib.domain.errors import (
     IdempotencyConflict,
     OrderExists,
@@ -108,6 +108,7 @@ class Pending:
                 "actor": self.meta.actor,
                 "fingerprint": self.fingerprint,
                 "at": self.at.isoformat(),
+                "trace": _trace_of(self.meta),
             },
             separators=(",", ":"),
         )
@@ -123,8 +124,15 @@ class Pending:
             datetime.fromisoformat(data["hold_until"]),
             data["customer"],
         )
-        meta = RequestMeta(data["key"], actor=data["actor"])
+        # each entry keeps its own request's span: a batch holds many requests' events
+        traced = data.get("trace")  # absent in entries of earlier releases
+        span = trace.parse(*traced) if traced else None
+        meta = RequestMeta(data["key"], actor=data["actor"], trace=span)
         return cls(order, meta, data["fingerprint"], datetime.fromisoformat(data["at"]))
+
+
+def _trace_of(meta: RequestMeta) -> tuple[str, str | None] | None:
+    return (meta.trace.traceparent, meta.trace.tracestate) if meta.trace else None
 
 
 @dataclass(frozen=True)
@@ -396,7 +404,12 @@ def _batch(
     for p in fresh:
         order = p.order
         created = events.cloud_event(
-            topics.ORDER_CREATED, deps.source, order.order_id, events.order_data(order), p.at
+            topics.ORDER_CREATED,
+            deps.source,
+            order.order_id,
+            events.order_data(order),
+            p.at,
+            p.meta.trace,
         )
         outbox.append((topics.ORDER_CREATED, order.order_id, created))
         levels = []

@@ -400,7 +400,9 @@ def stock_events(
         (
             topics.STOCK_CHANGED,
             after.sku,
-            events.cloud_event(topics.STOCK_CHANGED, source, after.sku, data, note.at),
+            events.cloud_event(
+                topics.STOCK_CHANGED, source, after.sku, data, note.at, note.meta.trace
+            ),
         )
     ]
     before = Level(
@@ -415,7 +417,9 @@ def stock_events(
             (
                 topics.STOCK_LOW,
                 after.sku,
-                events.cloud_event(topics.STOCK_LOW, source, after.sku, low, note.at),
+                events.cloud_event(
+                    topics.STOCK_LOW, source, after.sku, low, note.at, note.meta.trace
+                ),
             )
         )
     return out

@@ -86,7 +86,12 @@ def _reserve(deps: Deps, pending: Pending) -> Work:
             topics.ORDER_CREATED,
             order.order_id,
             events.cloud_event(
-                topics.ORDER_CREATED, deps.source, order.order_id, events.order_data(order), now
+                topics.ORDER_CREATED,
+                deps.source,
+                order.order_id,
+                events.order_data(order),
+                now,
+                pending.meta.trace,
             ),
         )
         levels = apply_changes(store, changes, note, deps.source, products=products)
@@ -118,7 +123,12 @@ def _close(
             _EVENT[status],
             order.order_id,
             events.cloud_event(
-                _EVENT[status], deps.source, order.order_id, events.order_data(closed), now
+                _EVENT[status],
+                deps.source,
+                order.order_id,
+                events.order_data(closed),
+                now,
+                meta.trace,
             ),
         )
         levels = apply_changes(store, order.changes(_MOVEMENT[status]), note, deps.source)

@@ -55,6 +55,47 @@ class MovementRecord:
 
 
 @dataclass(frozen=True)
+class TimeRange:
+    """A window on a created-at column, in naive UTC: `start` inclusive, `end` exclusive;
+    None leaves that side open."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def holds(self, at: datetime) -> bool:
+        return (self.start is None or at >= self.start) and (self.end is None or at < self.end)
+
+
+@dataclass(frozen=True)
+class MovementFilter:
+    """Which ledger rows a list shows; every given field must match (exact values)."""
+
+    sku: str | None = None
+    warehouse: str | None = None
+    reference: str | None = None
+    created: TimeRange = TimeRange()
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    """Which orders a list shows; every given field must match (exact values)."""
+
+    status: OrderStatus | None = None
+    warehouse: str | None = None
+    customer: str | None = None
+    created: TimeRange = TimeRange()
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    """An order and when it was placed: lists show the order's view (as one order is shown)
+    and continue after the last (created_at, order_id)."""
+
+    order: Order
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class MovementNote:
     """Why a movement happened: written on every ledger row of one request."""
 
@@ -81,6 +122,10 @@ class Catalog(Protocol):
     def product(self, sku: str) -> Product | None: ...
     def products(self, skus: Iterable[str]) -> dict[str, Product]: ...
     def warehouse(self, code: str) -> Warehouse | None: ...
+    # the latest committed row, locked until the transaction ends (a check-then-write
+    # such as If-Match must not race a concurrent writer)
+    def locked_product(self, sku: str) -> Product | None: ...
+    def locked_warehouse(self, code: str) -> Warehouse | None: ...
     def upsert_product(self, product: Product) -> bool: ...
     def upsert_warehouse(self, warehouse: Warehouse) -> bool: ...
     def product_in_use(self, sku: str) -> bool: ...
@@ -127,8 +172,14 @@ class ReadModel(Protocol):
         self, warehouse: str | None, after: tuple[str, str] | None, limit: int
     ) -> list[tuple[Level, int]]: ...
     def movements_page(
-        self, sku: str | None, warehouse: str | None, before_id: int | None, limit: int
+        self, where: MovementFilter, before_id: int | None, limit: int
     ) -> list[MovementRecord]: ...
+    def orders_page(
+        self, where: OrderFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[OrderRecord]:
+        """Newest first: (created_at, order_id) descending, `after` the last of the previous
+        page; each order with its lines."""
+        ...
 
 
 class StockStore(IdempotencyRecords, Catalog, StockLedger, ReadModel, Protocol):

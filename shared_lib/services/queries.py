@@ -3,6 +3,8 @@
 Lists are keyset pages: ``{"items": [...], "next_cursor": str | None}``. A cursor is opaque
 to callers (base64url of the last key of the page) and only ever continues a list forward.
 Filters narrow a list; a filter that names nothing yields an empty list, not an error.
+A filter whose value has a form (a code, a status, a time) refuses a value of another form
+(422 naming the parameter); an empty code or text filter is no filter.
 """
 
 from __future__ import annotations
@@ -10,23 +12,64 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from shared_lib.domain.errors import InvalidRequest
-from shared_lib.domain.model import check_code
+from shared_lib.domain.model import TEXT_MAX, OrderStatus, check_code, unsafe_character
 from shared_lib.services.guard import Deps
-from shared_lib.services.ports import ReadModel, StockStore
+from shared_lib.services.ports import (
+    MovementFilter,
+    OrderFilter,
+    OrderRecord,
+    ReadModel,
+    StockStore,
+    TimeRange,
+)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 Item = TypeVar("Item")
+ANY_TIME = TimeRange()
+# RFC 3339, section 5.6 `date-time`: "T" and "Z" may be lower case; the offset is required
+RFC_3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
 
 
 def order_view(deps: Deps, order_id: str) -> dict[str, Any] | None:
     order = deps.reads.run(lambda store: store.order(order_id))
     return order.as_dict() if order is not None else None
+
+
+def orders_list(
+    deps: Deps,
+    page: Page,
+    *,
+    status: OrderStatus | None = None,
+    warehouse: str | None = None,
+    customer: str | None = None,
+    created: TimeRange = ANY_TIME,
+) -> dict[str, Any]:
+    """Orders, newest first, each as order_view shows it. The key is (created_at, order_id):
+    a group commit places a whole batch at one instant."""
+    where = OrderFilter(status, warehouse, customer, created)
+    after = _after_order(page.cursor)
+
+    def key(record: OrderRecord) -> tuple[str, str]:
+        return record.created_at.isoformat(timespec="microseconds"), record.order.order_id
+
+    return _page(
+        deps,
+        lambda store, n: store.orders_page(where, after, n),
+        page,
+        lambda record: record.order.as_dict(),
+        key,
+    )
 
 
 # ---- query parameters -----------------------------------------------------------------
@@ -39,10 +82,11 @@ class Page:
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> Page:
-        """`?limit=&cursor=`: limit 1..1000 (default 100); 422 names the bad parameter."""
+        """`?limit=&cursor=`: limit 1..1000 (default 100, when it is absent; an empty one is
+        not an integer); 422 names the bad parameter."""
         raw = query.get("limit")
         limit = DEFAULT_LIMIT
-        if raw not in (None, ""):
+        if raw is not None:
             try:
                 limit = int(raw)
             except ValueError:
@@ -56,6 +100,68 @@ def code_filter(query: Mapping[str, str], name: str, max_len: int) -> str | None
     """An optional sku/warehouse filter: absent or empty means no filter."""
     raw = query.get(name)
     return check_code(name, raw, max_len) if raw else None
+
+
+def status_filter(query: Mapping[str, str]) -> OrderStatus | None:
+    """`?status=`: one of the order statuses (an empty value is not one)."""
+    raw = query.get("status")
+    if raw is None:
+        return None
+    try:
+        return OrderStatus(raw)
+    except ValueError:
+        names = ", ".join(status.value for status in OrderStatus)
+        raise InvalidRequest("status", f"must be one of {names}") from None
+
+
+def text_filter(query: Mapping[str, str], name: str) -> str | None:
+    """An optional customer/reference filter (an exact value): absent or empty means none."""
+    raw = query.get(name)
+    if not raw:
+        return None
+    limit = TEXT_MAX[name]
+    if len(raw) > limit or unsafe_character(raw):
+        raise InvalidRequest(name, f"must be at most {limit} characters, no control characters")
+    return raw
+
+
+def time_range(query: Mapping[str, str], start: str, end: str) -> TimeRange:
+    """`?<start>=&<end>=`: RFC 3339 times, start inclusive and end exclusive; start < end."""
+    low, high = _instant(query, start), _instant(query, end)
+    if low is not None and high is not None and low[1] >= high[1]:
+        raise InvalidRequest(end, f"must be later than {start}")
+    return TimeRange(low[0] if low else None, high[0] if high else None)
+
+
+def _instant(query: Mapping[str, str], name: str) -> tuple[datetime, tuple[datetime, str]] | None:
+    """An RFC 3339 time as the stores keep it (naive UTC, microseconds), and the exact time
+    to compare bounds by. Digits beyond the microsecond round up: a stored time is then below
+    the bound exactly when it was below the given one, inclusive start and exclusive end."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    found = RFC_3339.fullmatch(raw)
+    try:
+        if found is None:
+            raise ValueError(raw)
+        year, month, day, hour, minute, second, fraction, sign, off_h, off_m = found.groups()
+        offset = timedelta()
+        if sign is not None:
+            if int(off_h) > 23 or int(off_m) > 59:
+                raise ValueError(raw)
+            offset = (1 if sign == "+" else -1) * timedelta(hours=int(off_h), minutes=int(off_m))
+        digits = fraction or ""
+        beyond = digits[6:].rstrip("0")
+        moment = datetime(
+            *map(int, (year, month, day, hour, minute, second)), tzinfo=timezone(offset)
+        )
+        utc = (moment + timedelta(microseconds=int(digits[:6].ljust(6, "0")))).astimezone(UTC)
+        exact = utc.replace(tzinfo=None)
+        return exact + timedelta(microseconds=1 if beyond else 0), (exact, beyond)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            name, "must be an RFC 3339 time with its offset, e.g. 2026-11-30T08:00:00Z"
+        ) from None
 
 
 def encode_cursor(*key: str | int) -> str:
@@ -84,6 +190,19 @@ def decode_cursor(cursor: str | None, *types: type) -> tuple[Any, ...] | None:
 def _after_pair(cursor: str | None) -> tuple[str, str] | None:
     key = decode_cursor(cursor, str, str)
     return (key[0], key[1]) if key else None
+
+
+def _after_order(cursor: str | None) -> tuple[datetime, str] | None:
+    key = decode_cursor(cursor, str, str)
+    if key is None:
+        return None
+    try:
+        at = datetime.fromisoformat(key[0])
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is not None:
+        raise InvalidRequest("cursor", "is not a cursor this list handed out")
+    return at, key[1]
 
 
 def _page(
@@ -196,14 +315,21 @@ def low_stock_list(deps: Deps, page: Page, *, warehouse: str | None = None) -> d
 
 
 def movements_list(
-    deps: Deps, page: Page, *, sku: str | None = None, warehouse: str | None = None
+    deps: Deps,
+    page: Page,
+    *,
+    sku: str | None = None,
+    warehouse: str | None = None,
+    reference: str | None = None,
+    created: TimeRange = ANY_TIME,
 ) -> dict[str, Any]:
-    """Ledger rows, newest first."""
+    """Ledger rows, newest first (the ledger's order: by id)."""
+    where = MovementFilter(sku, warehouse, reference, created)
     before = decode_cursor(page.cursor, int)
     before_id = before[0] if before else None
     return _page(
         deps,
-        lambda store, n: store.movements_page(sku, warehouse, before_id, n),
+        lambda store, n: store.movements_page(where, before_id, n),
         page,
         lambda m: m.as_dict(),
         lambda m: (m.id,),

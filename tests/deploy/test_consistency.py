@@ -425,15 +425,15 @@ def test_unknown_autoscaling_annotation_fails_its_schema(copy: Path) -> None:
 
 def test_core_kind_typo_fails_kubernetes_schema(copy: Path) -> None:
     def typo(documents: list[dict[str, Any]]) -> None:
-        spec = named(documents, "StatefulSet", "redis")["spec"]
-        spec["replica"] = spec.pop("replicas")
+        metadata = named(documents, "ConfigMap", "redis-config")["metadata"]
+        metadata["label"] = metadata.pop("labels")
 
     edit_documents(copy, "infra/data/redis.yaml", typo)
     assert manifests.check_schemas(copy) == [
         Problem(
             "infra/data/redis.yaml",
-            "StatefulSet redis: spec: Additional properties are not allowed "
-            "('replica' was unexpected)",
+            "ConfigMap redis-config: metadata: Additional properties are not allowed "
+            "('label' was unexpected)",
         )
     ]
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from psi_local.bridge import Event
+from psi_local.cloudevent import Event
 from psi_local.stack import LocalStack
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t

@@ -27,7 +27,7 @@ from tests.conftest import (
     service_missing,
     stack_environ,
 )
-from tests.faults.harness import FaultEnv
+from tests.faults.fault_env import FaultEnv
 
 # the functions the workload and the checks talk to (catalog rows are written directly)
 FUNCTIONS = ("stock_in", "stock_out", "create_order", "reconcile")

@@ -1,6 +1,6 @@
 """Fault injection against the running product: 8 client threads place, ship and cancel
 orders (and receive / issue stock) over HTTP for ~10 s while one fault strikes; then one
-reconcile run, and every invariant is checked (see ``harness.verify``):
+reconcile run, and every invariant is checked (see ``checks.verify``):
 
 * sampling: MySQL sampled every 100 ms during the run never showed on_hand < 0,
   reserved < 0 or reserved > on_hand; the schema's CHECK constraints exist and refuse such
@@ -14,7 +14,7 @@ reconcile run, and every invariant is checked (see ``harness.verify``):
 * gate: after the one reconcile, Redis == MySQL for every balance ((on_hand, reserved,
   version); every warehouse ready; every held unit belongs to a registered hold);
 * outbox / events: every outbox row ends published; one event per committed change; what
-  Kafka carries is checked as documented in ``harness.check_events`` (a broker restart
+  Kafka carries is checked as documented in ``checks.check_events`` (a broker restart
   loses the records of the in-memory broker, so only rows committed after the last restart
   must be on their topic).
 
@@ -40,19 +40,16 @@ import sqlalchemy as sa
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.domain.model import utcnow
-from tests.faults.harness import (
-    Attempt,
-    FaultEnv,
-    Op,
-    RunResult,
+from tests.faults.checks import (
     check_answers,
     check_balances,
     check_events,
     check_gate,
     gate_problems,
-    run_workload,
     verify,
 )
+from tests.faults.fault_env import FaultEnv
+from tests.faults.workload import Attempt, Op, RunResult, run_workload
 
 pytestmark = pytest.mark.e2e
 

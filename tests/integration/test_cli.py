@@ -173,45 +173,20 @@ def test_psi_dev_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     """`psi dev` as a user runs it: embedded stores, every function, SIGTERM stops all."""
     import re
     import signal
-    import subprocess
-    import sys
-    import threading
 
     from tests.conftest import require_broker_binary
-    from tests.support import wait_until
+    from tests.support import PsiDev
 
     require_broker_binary()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PSI_")}
-    env["PSI_SECRETS_DIR"] = str(tmp_path / "secrets")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared_lib.cli", "dev", "--base-port", "0", "--data-dir", "d"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
-    reader.start()
-    try:
-        wait_until(
-            lambda: any("Ctrl-C" in line for line in lines) or proc.poll() is not None,
-            timeout=90,
-            what="psi dev to be ready",
-        )
-        assert proc.poll() is None, (lines, proc.stderr.read() if proc.stderr else "")
+    with PsiDev(tmp_path, "--base-port", "0", "--data-dir", "d") as dev:
+        dev.wait_ready()
+        lines = dev.out
         pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", "".join(lines))]
         assert len(pids) >= 3
         assert (tmp_path / "d" / "stack.json").is_file()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    reader.join(5)
-    stderr = proc.stderr.read() if proc.stderr else ""
+        dev.process.send_signal(signal.SIGTERM)
+        assert dev.process.wait(timeout=60) == 0
+    stderr = "".join(dev.err)
     assert "AUTH IS DISABLED" in stderr
     assert "psi dev: stopping" in "".join(lines)
     for pid in pids:

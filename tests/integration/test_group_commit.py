@@ -17,6 +17,7 @@ from sqlalchemy import event
 
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.adapters.redis_journal import RedisJournal
 from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.config import HOLD_MARGIN_MS
 from shared_lib.domain.errors import RequestInProgress, StoreUnavailable
@@ -37,7 +38,7 @@ LEAD_MS = 5_000
 def deps(engine: sa.Engine, tx: SqlTransactions, gate: RedisGate) -> Deps:
     seed_catalog(engine, {"A": 0}, ("W1",))
     rebuild_all(tx, gate)
-    deps = Deps(tx=tx, gate=gate, journal=gate)
+    deps = Deps(tx=tx, gate=gate, journal=RedisJournal(gate))
     receive(deps, "stock", A=100)
     return deps
 
@@ -53,13 +54,15 @@ def pending(order_id: str, qty: int = 1, *, age_s: float = 0) -> Pending:
 def enqueue(gate: RedisGate, p: Pending, lead_ms: int = LEAD_MS, hold_ms: int = 30_000) -> bool:
     """Journal an order as place_order does, without waiting; True if it leads."""
     lines = p.order.lines
-    held = gate.enqueue("W1", p.request, p.fingerprint, lines, hold_ms, p.encode(), lead_ms)
+    held = RedisJournal(gate).enqueue(
+        "W1", p.request, p.fingerprint, lines, hold_ms, p.encode(), lead_ms
+    )
     assert held.answer is GateAnswer.HELD
     return held.lead
 
 
 def flush_as(deps: Deps, gate: RedisGate, p: Pending) -> dict[str, str]:
-    return flush(deps, gate, "W1", p.request, lambda q: _reserve(deps, q))
+    return flush(deps, RedisJournal(gate), "W1", p.request, lambda q: _reserve(deps, q))
 
 
 def count(engine: sa.Engine, table: sa.Table) -> int:
@@ -73,7 +76,9 @@ def same_shard(gate: RedisGate, n: int) -> list[Pending]:
     i = 0
     while len(found) < n:
         p = pending(f"o{i}")
-        if not found or gate._shard(p.request) == gate._shard(found[0].request):
+        if not found or RedisJournal(gate)._shard(p.request) == RedisJournal(gate)._shard(
+            found[0].request
+        ):
             found.append(p)
         i += 1
     return found
@@ -98,10 +103,10 @@ def test_one_flush_commits_the_batch_in_one_transaction_and_answers_every_waiter
     assert db_level(engine, "A") == (100, 20)
     assert count(engine, t.orders) == 20 and count(engine, t.idempotency_records) == 21
     for p in batch[1:]:
-        reply = gate.next_reply("W1", p.request, 1.0)
+        reply = RedisJournal(gate).next_reply("W1", p.request, 1.0)
         assert reply is not None and p.order.order_id in reply
     # the journal is empty, so the lead was released
-    assert gate.claim("W1", batch[0].request, LEAD_MS)
+    assert RedisJournal(gate).claim("W1", batch[0].request, LEAD_MS)
     assert_invariants(engine, gate)
 
 
@@ -114,7 +119,7 @@ def test_the_lead_passes_to_the_oldest_waiting_order(
         enqueue(gate, p)
     answers = flush_as(deps, gate, batch[0])
     assert set(answers) == {p.request for p in batch[:5]}
-    assert gate.next_reply("W1", batch[5].request, 1.0) == LEAD
+    assert RedisJournal(gate).next_reply("W1", batch[5].request, 1.0) == LEAD
     answers = flush_as(deps, gate, batch[5])
     assert set(answers) == {p.request for p in batch[5:]}
     assert db_level(engine, "A") == (100, 8)
@@ -128,13 +133,15 @@ def test_a_dead_leaders_batch_is_taken_again_and_commits_once(
     for p in batch:
         enqueue(gate, p, lead_ms=300)
     # the leader takes the batch, commits it, and dies before it answers anyone
-    taken = gate.take("W1", batch[0].request, 100, 300)
+    taken = RedisJournal(gate).take("W1", batch[0].request, 100, 300)
     assert taken is not None and len(taken.entries) == 6
     persist(deps, "W1", batch, lambda q: _reserve(deps, q))
     assert db_level(engine, "A") == (100, 6)
     # its lead expires; a waiter claims it and takes the same batch again
     wait_until(
-        lambda: gate.claim("W1", batch[3].request, LEAD_MS), timeout=5, what="dead lead expired"
+        lambda: RedisJournal(gate).claim("W1", batch[3].request, LEAD_MS),
+        timeout=5,
+        what="dead lead expired",
     )
     answers = flush_as(deps, gate, batch[3])
     assert set(answers) == {p.request for p in batch}
@@ -159,7 +166,7 @@ def test_an_entry_that_outlived_its_hold_never_commits(
 
 def ghost_leads(gate: RedisGate) -> None:
     """A leader that never answers: every shard's lead is taken for a minute."""
-    for shard in range(gate.journal_shards):
+    for shard in range(RedisJournal(gate).journal_shards):
         gate.client.set(f"{gate.tag('W1')}:lead:{shard}", "ghost", px=60_000)
 
 
@@ -168,7 +175,7 @@ def order_while_waiting(deps: Deps, gate: RedisGate, meanwhile: Callable[[], obj
     journal, run `meanwhile`; the order's outcome."""
     ghost_leads(gate)
     tag = gate.tag("W1")
-    shards = range(gate.journal_shards)
+    shards = range(RedisJournal(gate).journal_shards)
     with ThreadPoolExecutor(max_workers=1) as pool:
         order = PlaceOrder("o1", "W1", (Line("A", 2),))
         waiting = pool.submit(place_order, deps, order, meta("o1"))
@@ -191,10 +198,12 @@ def test_a_waiter_without_a_leader_gives_up_and_leaves_nothing(
         place_order(deps, order, meta("o1"))
     assert db_level(engine, "A") == (100, 0) and count(engine, t.orders) == 0
     tag = gate.tag("W1")
-    assert not any(gate.client.llen(f"{tag}:journal:{s}") for s in range(gate.journal_shards))
+    assert not any(
+        gate.client.llen(f"{tag}:journal:{s}") for s in range(RedisJournal(gate).journal_shards)
+    )
     assert gate.read("W1", ["A"])["A"].held == 0
     # the same request later succeeds once a leader is around again
-    for shard in range(gate.journal_shards):
+    for shard in range(RedisJournal(gate).journal_shards):
         gate.client.delete(f"{tag}:lead:{shard}")
     assert place_order(deps, order, meta("o1")).body["status"] == "reserved"
     assert_invariants(engine, gate)
@@ -206,7 +215,7 @@ def test_redis_lost_while_waiting_commits_the_order_once_without_it(
     seed_catalog(engine, {"A": 0}, ("W1",))
     gate = RedisGate(redis.Redis(port=private_redis.port, socket_timeout=0.5), prefix="gc")
     rebuild_all(tx, gate)
-    deps = Deps(tx=tx, gate=gate, journal=gate)
+    deps = Deps(tx=tx, gate=gate, journal=RedisJournal(gate))
     receive(deps, "stock", A=10)
     outcome = order_while_waiting(deps, gate, private_redis.stop)
     assert outcome.degraded and outcome.body["status"] == "reserved"
@@ -272,8 +281,8 @@ def test_a_batch_whose_commit_answer_was_lost_is_answered_truly_on_retry(
     first, second = same_shard(gate, 2)
     enqueue(gate, first)
     enqueue(gate, second)
-    lossy = Deps(tx=LoseTheAnswer(tx), gate=gate, journal=gate)
-    answers = flush(lossy, gate, "W1", first.request, lambda q: _reserve(lossy, q))
+    lossy = Deps(tx=LoseTheAnswer(tx), gate=gate, journal=RedisJournal(gate))
+    answers = flush(lossy, RedisJournal(gate), "W1", first.request, lambda q: _reserve(lossy, q))
     assert all("store_unavailable" in answers[p.request] for p in (first, second))
     assert db_level(engine, "A") == (100, 2)  # both committed
     # the rest of the stock sells out
@@ -296,9 +305,13 @@ def test_a_leader_paused_past_its_lead_changes_nothing_when_it_wakes(
     for p in batch:
         enqueue(gate, p, lead_ms=300)
     a, b = batch[0], batch[1]
-    taken_by_a = gate.take("W1", a.request, 100, 300)
+    taken_by_a = RedisJournal(gate).take("W1", a.request, 100, 300)
     assert taken_by_a is not None
-    wait_until(lambda: gate.claim("W1", b.request, LEAD_MS), timeout=5, what="A's lead expired")
+    wait_until(
+        lambda: RedisJournal(gate).claim("W1", b.request, LEAD_MS),
+        timeout=5,
+        what="A's lead expired",
+    )
     answers = flush_as(deps, gate, b)
     assert set(answers) == {p.request for p in batch}
     assert all(p.order.order_id in answers[p.request] for p in batch)
@@ -306,7 +319,7 @@ def test_a_leader_paused_past_its_lead_changes_nothing_when_it_wakes(
     refused = [
         JournalAnswer(p.request, None, '{"error":{"error":"store_unavailable"}}') for p in batch
     ]
-    assert gate.complete("W1", a.request, taken_by_a, refused, [], 300) is False
+    assert RedisJournal(gate).complete("W1", a.request, taken_by_a, refused, [], 300) is False
     for p in batch:
         assert gate.client.get(f"{gate.tag('W1')}:req:{p.request}") == p.fingerprint.encode()
         assert gate.client.llen(f"{gate.tag('W1')}:reply:{p.request}") <= 1
@@ -325,7 +338,7 @@ def test_an_answer_left_from_an_earlier_attempt_is_not_this_attempts_answer(
     assert enqueue(gate, leader)  # leader leads its shard; p will wait for it
     stale = '{"error":{"error":"store_unavailable","message":"stale","store":"database"}}'
     gate.client.rpush(f"{gate.tag('W1')}:reply:{p.request}", stale)
-    journal = gate._journal_keys("W1", p.request)[1]
+    journal = RedisJournal(gate)._journal_keys("W1", p.request)[1]
 
     def lead_once_p_waits() -> None:
         wait_until(lambda: gate.client.llen(journal) >= 2, timeout=10, what="p journaled")
@@ -354,7 +367,7 @@ def test_a_waiter_whose_leader_is_stuck_in_its_write_is_told_the_truth(
     ghost: list[Taken] = []
 
     def the_ghost_takes_it() -> None:
-        shards = range(gate.journal_shards)
+        shards = range(RedisJournal(gate).journal_shards)
         wait_until(
             lambda: any(gate.client.llen(f"{tag}:journal:{s}") for s in shards),
             timeout=5,
@@ -364,7 +377,7 @@ def test_a_waiter_whose_leader_is_stuck_in_its_write_is_told_the_truth(
         gate.client.set(f"{tag}:lead:{shard}", "ghost", px=60_000)
         keys = [f"{tag}:lead:{shard}", f"{tag}:journal:{shard}", f"{tag}:inflight:{shard}"]
         keys += [f"{tag}:fence:{shard}", f"{tag}:holds"]
-        items = gate._take(keys=keys, args=["ghost", 100, 60_000])
+        items = RedisJournal(gate)._take(keys=keys, args=["ghost", 100, 60_000])
         ghost.append(Taken(int(items[0]), [item.decode() for item in items[1::2]]))
 
     taker = threading.Thread(target=the_ghost_takes_it)

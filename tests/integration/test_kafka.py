@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from psi_local.bridge import KafkaBridge, KnativeDispatcher, OpenFaasConnector
+from psi_local.bridge import KafkaBridge
 from psi_local.broker import EmbeddedBroker
+from psi_local.dispatchers import KnativeDispatcher, OpenFaasConnector
 from psi_local.oidc import LocalIssuer, kafka_source_subject, service_audience
 from shared_lib.adapters.kafka import KafkaEventPublisher, PublishError, Record, read_topic
 from shared_lib.http.senders import OidcVerifier

@@ -17,12 +17,11 @@ import structlog
 from psi_local.broker import free_port
 from shared_lib import topics
 from shared_lib.http.delivery import identity_key
-from tests.integration import test_functions_http as http
-from tests.integration.test_functions_http import Api, ok, refused
+from tests.integration import functions_api as http
+from tests.integration.functions_api import Api, ok, refused
 
 pytestmark = pytest.mark.integration
 
-boot = http.boot  # the in-process functions fixture, shared with test_functions_http
 API_KEY = "log-test-admin-key-0000000001"
 OTHER_KEY = "log-test-reader-key-000000001"
 WRONG_TOKEN = "wrong-bearer-token-00000000001"
@@ -85,14 +84,14 @@ def test_request_logs_are_json_with_ids_and_without_secrets(
         ok(api.put("catalog", "/warehouses/MAIN", {"name": "M"}, key="log-w-1", headers=admin), 201)
         receive = {"warehouse": "MAIN", "lines": [{"sku": "A", "qty": 3}]}
         traced = {**admin, "X-Request-Id": "trace-0001"}
-        ok(api.post("stock_in", "/", receive, key="log-receive-1", headers=traced), 201)
+        ok(api.post("stock_in", "/", receive, key="log-receive-1", headers=traced))
         delivery = {  # a kafka-connector record (an admin key may deliver)
             **admin,
             "X-Topic": topics.STOCK_IN_REQUESTED,
             "X-Kafka-Partition": "0",
             "X-Kafka-Offset": "41",
         }
-        ok(api.post("stock_in", "/", receive, key=None, headers=delivery), 201)
+        ok(api.post("stock_in", "/", receive, key=None, headers=delivery))
         wrong = {"Authorization": f"Bearer {WRONG_TOKEN}"}
         refused(
             api.post("stock_in", "/", receive, key="log-401", headers=wrong), 401, "unauthorized"

@@ -25,8 +25,8 @@ from shared_lib.adapters.sql import SqlStore
 from shared_lib.domain import events
 from shared_lib.domain.model import utcnow
 from shared_lib.http import metrics
-from tests.integration import test_functions_http as http
-from tests.integration.test_functions_http import Api, catalog, gate_rebuilt, ok, receive, refused
+from tests.integration import functions_api as http
+from tests.integration.functions_api import Api, catalog, gate_rebuilt, ok, receive, refused
 from tests.support import wait_until
 
 pytestmark = [
@@ -35,7 +35,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning"),
 ]
 
-boot = http.boot  # the in-process functions fixture, shared with test_functions_http
 ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -1,6 +1,6 @@
-"""Migrations on MariaDB and SQLite: from 0002 to head, a database that has records keeps
+"""Migrations on MariaDB and SQLite: from 0002 to 0003, a database that has records keeps
 them, ends up as the tables declare it, and holds idempotency keys scoped to a principal
-(0003); and head goes back down to 0002 and up again."""
+(0003); and 0003 goes back down to 0002 and up again."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_0003_keeps_records_and_holds_scoped_keys(empty_database: str) -> None:
     try:
         with engine.begin() as conn:
             record(conn, "bare-key-of-an-earlier-release")
-        schema.upgrade(empty_database)
+        schema.upgrade(empty_database, "0003")
         assert schema.current_revision(empty_database) == "0003"
         with engine.begin() as conn:
             record(conn, SCOPED)
@@ -56,8 +56,8 @@ def test_0003_keeps_records_and_holds_scoped_keys(empty_database: str) -> None:
 
 
 def test_0003_goes_down_and_up_again(empty_database: str) -> None:
-    schema.upgrade(empty_database)
+    schema.upgrade(empty_database, "0003")
     command.downgrade(schema.alembic_config(empty_database), "0002")
     assert schema.current_revision(empty_database) == "0002"
-    schema.upgrade(empty_database)
+    schema.upgrade(empty_database, "0003")
     assert schema.current_revision(empty_database) == "0003"

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from psi_local.invariants import balance_findings, gate_findings
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.adapters.redis_journal import RedisJournal
 from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.domain.errors import IdempotencyConflict, InsufficientStock, StoreUnavailable
 from shared_lib.domain.model import (
@@ -40,7 +41,9 @@ def deps(
     """Orders commit one by one, or in batches through the gate's journal."""
     seed_catalog(engine, {"HOT": 0, "A": 0, "B": 0}, ("W1",))
     rebuild_all(tx, gate)
-    return Deps(tx=tx, gate=gate, journal=gate if request.param == "group_commit" else None)
+    return Deps(
+        tx=tx, gate=gate, journal=RedisJournal(gate) if request.param == "group_commit" else None
+    )
 
 
 def meta(key: str) -> RequestMeta:

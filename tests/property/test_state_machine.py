@@ -58,6 +58,7 @@ from psi_local.invariants import balance_findings
 from shared_lib import topics
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.redis_gate import RedisGate
+from shared_lib.adapters.redis_journal import RedisJournal
 from shared_lib.adapters.sql import SqlTransactions
 from shared_lib.domain.errors import (
     CountMismatch,
@@ -311,7 +312,7 @@ class StockMachine(RuleBasedStateMachine):
         rebuild_all(self.tx, self.gate)
         # no background rebuilds: a warehouse is rebuilt when a rule says so (deterministic);
         # orders go through group commit, as in production (each leads its own batch here)
-        self.deps = Deps(tx=self.tx, gate=self.gate, journal=self.gate)
+        self.deps = Deps(tx=self.tx, gate=self.gate, journal=RedisJournal(self.gate))
         self.failing = Deps(tx=FailingTransactions(self.tx), gate=self.gate, read_tx=self.tx)
         self.model = Model()
         self.calls: list[Call] = []

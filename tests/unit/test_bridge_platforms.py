@@ -9,15 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from psi_local.bridge import (
+from psi_local.cloudevent import (
     CE_TYPE,
     ERROR_DATA_MAX_BYTES,
     Event,
-    KnativeDispatcher,
-    OpenFaasConnector,
     dead_letter_record,
     kafka_event,
 )
+from psi_local.dispatchers import KnativeDispatcher, OpenFaasConnector
 from psi_local.oidc import LocalIssuer, kafka_source_subject, service_audience
 from shared_lib.adapters.kafka import Headers, Record
 from shared_lib.http.auth import AuthError

@@ -124,7 +124,15 @@ VALID: list[tuple[str, str, Mutation]] = [
         lambda d: d["data"].update(movement="ship", delta_on_hand=-3, delta_reserved=-3),
     ),
     ("psi.stock.changed", "utc offset form", setting("time", "2025-03-14T09:26:53.589123+00:00")),
-    ("psi.stock.changed", "extension attribute", setting("traceparent", "00-0af7-b7ad-01")),
+    ("psi.stock.changed", "extension attribute", setting("partitionkey", "SKU-1")),
+    (
+        "psi.stock.changed",
+        "trace context",
+        lambda d: d.update(
+            traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            tracestate="rojo=00f067aa0ba902b7",
+        ),
+    ),
     (
         "psi.stock.changed",
         "dataschema",
@@ -224,6 +232,23 @@ def _cloudevent_breaks(event_type: str) -> list[tuple[str, Mutation]]:
         ("data_base64 instead", lambda d: d.update(data_base64="e30=")),
         ("bad extension name", setting("Trace_Parent", "x")),
         ("object extension", setting("traceparent", {"a": 1})),
+        ("short traceparent", setting("traceparent", "00-0af7-b7ad-01")),
+        (
+            "upper-case traceparent",
+            setting("traceparent", "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"),
+        ),
+        (
+            "all-zero trace id",
+            setting("traceparent", f"00-{'0' * 32}-b7ad6b7169203331-01"),
+        ),
+        (
+            "tracestate alone",
+            combined(
+                setting("traceparent", "-"),  # whether the sample has one or not: now it has none
+                deleting("traceparent"),
+                setting("tracestate", "rojo=00f067aa0ba902b7"),
+            ),
+        ),
         ("extra data property", setting("data.extra", 1)),
         ("data not an object", setting("data", [])),
     ]

@@ -21,6 +21,7 @@ from shared_lib import topics
 from shared_lib.adapters.outbox import backoff_seconds
 from shared_lib.adapters.reports import LocalReports, S3Reports, reports_from_settings
 from shared_lib.config import load_settings
+from shared_lib.domain import trace
 from shared_lib.domain.errors import InvalidRequest, RequestInProgress
 from shared_lib.domain.model import (
     Level,
@@ -590,3 +591,28 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     for attempts, full in ((1, 1.0), (2, 2.0), (4, 8.0), (20, 300.0)):
         for _ in range(50):
             assert full / 2 <= backoff_seconds(attempts, base=1.0, cap=300.0) <= full
+
+
+def test_a_traced_run_carries_its_trace_on_every_event_it_causes(
+    deps: Deps,
+    tx: FakeTransactions,
+    records: FakeReconcileStore,
+    gate: ReconcileMemoryGate,
+    reports: MemoryReports,
+) -> None:
+    place_order(deps, PlaceOrder("o1", "W1", (Line("A", 4),), hold_seconds=60), RequestMeta("o1"))
+    caller = trace.parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    assert caller is not None
+    span = caller.child()
+    before = len(tx.state.outbox)
+
+    run(deps, records, gate, reports, now=START + timedelta(minutes=2), trace=span)
+
+    caused = tx.state.outbox[before:]
+    assert {topic for topic, _, _ in caused} >= {
+        topics.ORDER_EXPIRED,
+        topics.RECONCILE_COMPLETED,
+    }
+    assert all(event["traceparent"] == span.traceparent for _, _, event in caused)
+    for topic, _, event in caused:
+        validate_event(topic, event)

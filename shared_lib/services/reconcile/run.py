@@ -46,6 +46,7 @@ from shared_lib.domain.errors import (
     RunKeyConflict,
 )
 from shared_lib.domain.model import ExpireOrder, RequestMeta
+from shared_lib.domain.trace import TraceContext
 from shared_lib.services.cache import rebuild_warehouse
 from shared_lib.services.guard import Deps
 from shared_lib.services.orders import expire_order
@@ -92,8 +93,9 @@ def reconcile(
     on_progress: Progress | None = None,
     batch_size: int = BATCH,
     stale_after: timedelta = timedelta(minutes=30),
+    trace: TraceContext | None = None,
 ) -> dict[str, Any]:
-    """Run (or answer for) the reconcile of ``run_key``.
+    """Run (or answer for) the reconcile of ``run_key``; its events carry ``trace``.
 
     ``now`` is the moment holds are judged against (default: the clock); run bookkeeping
     always uses ``deps.clock``. ``redrive`` re-sends the outbox (e.g. ``OutboxRelay.drain``)
@@ -112,7 +114,9 @@ def reconcile(
             raise RunKeyConflict(run_key, run.repair)
         return StoredAnswer(run.result())
     try:
-        return _run(deps, records, gate, reports, run, as_of, redrive, on_progress, batch_size)
+        return _run(
+            deps, records, gate, reports, run, as_of, redrive, on_progress, batch_size, trace
+        )
     except BaseException as exc:
         _record_failure(deps, records, run, exc)
         raise
@@ -128,6 +132,7 @@ def _run(
     redrive: Callable[[], int] | None,
     on_progress: Progress | None,
     batch_size: int,
+    trace: TraceContext | None,
 ) -> dict[str, Any]:
     gate_state = "disabled"
     if gate is not None:
@@ -135,7 +140,7 @@ def _run(
     live_gate = gate if gate_state == "checked" else None
     drift = DriftLog()
     try:
-        expired = expire_holds(deps, records, as_of, batch_size)
+        expired = expire_holds(deps, records, as_of, batch_size, trace)
         checked = _scan(deps, records, live_gate, drift, run.repair, on_progress, batch_size)
         redriven = redrive() if redrive is not None else 0
         counts = {
@@ -161,7 +166,9 @@ def _run(
     finally:
         drift.close()
     data = {"run_id": run.run_id, "run_key": run.run_key, **counts, "report_uri": report_uri}
-    event = events.cloud_event(topics.RECONCILE_COMPLETED, deps.source, run.run_id, data, finished)
+    event = events.cloud_event(
+        topics.RECONCILE_COMPLETED, deps.source, run.run_id, data, finished, trace
+    )
     if not records.finish(run.run_id, counts, report_uri, error, event, run.run_key, finished):
         # another delivery took the run over while this one worked: its answer is the answer
         current = records.run(run.run_key)
@@ -204,7 +211,13 @@ def _record_failure(
         log.exception("could not record the failure of reconcile run %s", run.run_id)
 
 
-def expire_holds(deps: Deps, records: ReconcileStore, as_of: datetime, batch_size: int) -> int:
+def expire_holds(
+    deps: Deps,
+    records: ReconcileStore,
+    as_of: datetime,
+    batch_size: int,
+    trace: TraceContext | None = None,
+) -> int:
     """Expire every order still reserved after its hold deadline; returns how many."""
     expired, after = 0, None
     while True:
@@ -212,7 +225,7 @@ def expire_holds(deps: Deps, records: ReconcileStore, as_of: datetime, batch_siz
         if not page:
             return expired
         for hold in page:
-            meta = RequestMeta(idempotency_key=f"expire:{hold.order_id}", actor=ACTOR)
+            meta = RequestMeta(idempotency_key=f"expire:{hold.order_id}", actor=ACTOR, trace=trace)
             try:
                 outcome = expire_order(deps, ExpireOrder(hold.order_id), meta)
             except (Conflict, NotFound) as exc:

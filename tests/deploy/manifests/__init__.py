@@ -6,11 +6,13 @@ The code side (topic names, settings, secret names) always comes from the import
 ``shared_lib``; the deployment side is read from files under ``root``:
 
     stack.yml, Dockerfile, requirements.lock, gunicorn.conf.py, shared_lib/wsgi.py,
-    infra/knative/*.yaml (Knative Serving/Eventing), infra/data/*.yaml (stores)
+    infra/knative/*.yaml (Knative Serving/Eventing), infra/data/*.yaml (the stores, as
+    MariaDB, Redis and Strimzi operator resources)
 
 Core Kubernetes kinds are validated with ``kubernetes-validate`` (strict schemas of
 KUBERNETES_VERSION); Knative, Strimzi, OpenFaaS and kustomize files with the JSON Schemas
-in ``schemas/`` (see schemas/README.md), which reuse the Kubernetes definitions.
+in ``schemas/`` (see schemas/README.md), which reuse the Kubernetes definitions; the
+MariaDB and Redis operators' resources with schemas extracted from their own CRDs.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ from tests.deploy.manifests.loading import (
 from tests.deploy.manifests.probes import check_hardening, check_probes
 from tests.deploy.manifests.schemas import check_schemas
 from tests.deploy.manifests.settings import check_environment, check_secrets
+from tests.deploy.manifests.stores import (
+    check_connection_budget,
+    check_database_urls,
+    check_redis_url,
+    check_store_guarantees,
+)
 from tests.deploy.manifests.topics import (
     check_bootstrap,
     check_kafka_sources,
@@ -62,6 +70,10 @@ CHECKS: tuple[Callable[[Path], list[Problem]], ...] = (
     check_probes,
     check_hardening,
     check_schemas,
+    check_database_urls,
+    check_redis_url,
+    check_store_guarantees,
+    check_connection_budget,
     check_kustomizations,
     check_dockerfiles,
     check_runtime_env,
