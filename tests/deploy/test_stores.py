@@ -14,18 +14,13 @@ import yaml
 
 from tests.deploy import manifests
 from tests.deploy.manifests import Problem
+from tests.deploy.repo_copy import ROOT, edit_documents, named
 from tests.deploy.schemas.extract_crd_schemas import schemas
-from tests.deploy.test_consistency import ROOT, edit_documents, make_copy, named
 
 MARIADB = "infra/data/mariadb.yaml"
 REDIS = "infra/data/redis.yaml"
 SECRETS = "infra/knative/secret.example.yaml"
 SCHEMA_DIR = ROOT / "tests" / "deploy" / "schemas"
-
-
-@pytest.fixture
-def copy(tmp_path: Path) -> Path:
-    return make_copy(tmp_path / "repo")
 
 
 def replication(documents: list[dict[str, Any]]) -> dict[str, Any]:
