@@ -22,12 +22,16 @@ from shared_lib.adapters import sql_bulk
 from shared_lib.adapters import sql_tables as t
 from shared_lib.adapters.sql_catalog import SqlCatalogWrites
 from shared_lib.adapters.sql_engine import is_duplicate, is_transient, is_unreachable
-from shared_lib.adapters.sql_read import SqlReadModel, level_from_row
+from shared_lib.adapters.sql_read import (
+    SqlReadModel,
+    level_from_row,
+    order_from_row,
+    product_from_row,
+)
 from shared_lib.domain.errors import StoreUnavailable
 from shared_lib.domain.model import (
     Change,
     Level,
-    Line,
     Order,
     OrderStatus,
     Product,
@@ -181,10 +185,7 @@ class SqlStore(SqlCatalogWrites, SqlReadModel):
             rows = sql_bulk.select_in(self.conn, f"SELECT {columns} FROM products", "sku", wanted)
         else:
             rows = list(self.conn.execute(sa.select(p).where(p.c.sku.in_(wanted))))
-        return {
-            r.sku: Product(r.sku, r.name, r.unit, int(r.reorder_point), bool(r.track_inventory))
-            for r in rows
-        }
+        return {r.sku: product_from_row(r) for r in rows}
 
     def warehouse(self, code: str) -> Warehouse | None:
         w = t.warehouses
@@ -348,22 +349,12 @@ class SqlStore(SqlCatalogWrites, SqlReadModel):
         return set(self.conn.execute(query).scalars())
 
     def order(self, order_id: str, *, lock: bool = False) -> Order | None:
-        o, ol = t.orders, t.order_lines
+        o = t.orders
         query = sa.select(o).where(o.c.order_id == order_id)
         row = self.conn.execute(query.with_for_update() if lock else query).first()
         if row is None:
             return None
-        lines = self.conn.execute(
-            sa.select(ol.c.sku, ol.c.qty).where(ol.c.order_id == order_id).order_by(ol.c.sku)
-        )
-        return Order(
-            row.order_id,
-            row.warehouse,
-            OrderStatus(row.status),
-            tuple(Line(r.sku, int(r.qty)) for r in lines),
-            row.hold_until,
-            row.customer,
-        )
+        return order_from_row(row, self._lines_of([order_id])[order_id])
 
     def set_order_status(self, order_id: str, status: OrderStatus, at: datetime) -> None:
         o = t.orders

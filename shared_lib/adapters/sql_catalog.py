@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from shared_lib.adapters import sql_tables as t
+from shared_lib.adapters.sql_read import product_from_row
 from shared_lib.domain.model import Product, Warehouse, utcnow
 
 
@@ -22,11 +23,7 @@ class SqlCatalogWrites:
         p = t.products
         query = sa.select(p.c.sku, p.c.name, p.c.unit, p.c.reorder_point, p.c.track_inventory)
         row = self.conn.execute(query.where(p.c.sku == sku).with_for_update()).first()
-        if row is None:
-            return None
-        return Product(
-            row.sku, row.name, row.unit, int(row.reorder_point), bool(row.track_inventory)
-        )
+        return product_from_row(row) if row else None
 
     def locked_warehouse(self, code: str) -> Warehouse | None:
         w = t.warehouses

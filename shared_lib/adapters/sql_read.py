@@ -28,6 +28,10 @@ def level_from_row(row: Any) -> Level:
     return Level(row.sku, row.warehouse, int(row.on_hand), int(row.reserved), int(row.version))
 
 
+def product_from_row(row: Any) -> Product:
+    return Product(row.sku, row.name, row.unit, int(row.reorder_point), bool(row.track_inventory))
+
+
 def order_from_row(row: Any, lines: Sequence[Line]) -> Order:
     status = OrderStatus(row.status)
     return Order(row.order_id, row.warehouse, status, tuple(lines), row.hold_until, row.customer)
@@ -45,8 +49,7 @@ class SqlReadModel:
         if after_sku is not None:
             query = query.where(p.c.sku > after_sku)
         return [
-            Product(r.sku, r.name, r.unit, int(r.reorder_point), bool(r.track_inventory))
-            for r in self.conn.execute(query.order_by(p.c.sku).limit(limit))
+            product_from_row(r) for r in self.conn.execute(query.order_by(p.c.sku).limit(limit))
         ]
 
     def warehouses_page(self, after_code: str | None, limit: int) -> list[Warehouse]:
